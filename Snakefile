@@ -1,0 +1,19 @@
+# CCIS: controlled colonoscopy image synthesis, end to end.
+# `snakemake --cores all` runs the embedded phantom demo (config.yaml);
+# `snakemake --cores all --configfile configs/paper.yaml` reproduces the paper.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        manifests=all_manifests(),
+    default_target: True

@@ -1,0 +1,3 @@
+"""CCIS: controlled colonoscopy image synthesis (CCIS-Diff) as a reproducible workflow."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,136 @@
+"""The ``ccis`` command: one sub-command per workflow stage.
+
+Each sub-command takes explicit arguments (the Snakemake rules translate the config into
+them), logs what it read, did and wrote, and exits non-zero with a clear message on bad
+input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ccis import __version__
+from ccis.common.logs import setup_logging
+
+log = logging.getLogger("ccis")
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from ccis.data.prepare import PhantomSpec, SourceSpec, prepare_split
+
+    phantom = None
+    if args.phantom_count is not None:
+        phantom = PhantomSpec(args.phantom_count, args.centre, args.seed, args.width, args.height)
+    sources = [SourceSpec.parse(s) for s in args.source]
+    if (phantom is None) == (not sources):
+        raise SystemExit("ccis prepare: give either --phantom-count or at least one --source")
+    prepare_split(
+        args.split,
+        args.out,
+        phantom=phantom,
+        sources=sources,
+        on_bad_pair=args.on_bad_pair,
+        empty_masks=args.empty_masks,
+        max_pixels=args.max_pixels,
+        workers=args.workers,
+    )
+
+
+def _cmd_contact_sheet(args: argparse.Namespace) -> None:
+    from ccis.data.sheet import contact_sheet
+
+    out = contact_sheet(args.manifest, args.out, count=args.count, columns=args.columns)
+    log.info("wrote %s", out)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> None:
+    from ccis.config import load_config
+
+    config = load_config(args.config, args.schema)
+    splits = ", ".join(f"{s['name']} ({s['role']})" for s in config["data"]["splits"])
+    print(f"{args.config}: valid; splits: {splits}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ccis`` and its sub-commands."""
+    from ccis.data.layouts import LAYOUTS
+    from ccis.data.prepare import EMPTY_MASKS, ON_BAD
+    from ccis.data.readers import DEFAULT_MAX_PIXELS
+
+    parser = argparse.ArgumentParser(
+        prog="ccis",
+        description="Controlled colonoscopy image synthesis (CCIS-Diff) workflow stages.",
+    )
+    parser.add_argument("--version", action="version", version=f"ccis {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prep = sub.add_parser(
+        "prepare",
+        help="render phantom pairs or import a real data set into the normalised layout",
+        description=(
+            "Write OUT/SPLIT/{images,masks}/<id>.png and the manifest OUT/SPLIT.parquet. "
+            "Formats: " + "; ".join(f"{k}: {v.description}" for k, v in LAYOUTS.items())
+        ),
+    )
+    prep.add_argument("--split", required=True, help="split name (output folder and manifest name)")
+    prep.add_argument(
+        "--out", required=True, type=Path, help="folder for the split and its manifest"
+    )
+    ph = prep.add_argument_group("phantom data")
+    ph.add_argument("--phantom-count", type=int, help="number of phantom frames to render")
+    ph.add_argument("--centre", type=int, default=0, help="phantom centre 0-3 (default 0)")
+    ph.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
+    ph.add_argument("--width", type=int, default=384, help="frame width (default 384)")
+    ph.add_argument("--height", type=int, default=320, help="frame height (default 320)")
+    real = prep.add_argument_group("real data")
+    real.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="FORMAT[:NAME]=ROOT",
+        help=f"data-set folder to import (repeatable); FORMAT one of {', '.join(LAYOUTS)}",
+    )
+    real.add_argument("--on-bad-pair", choices=ON_BAD, default="error")
+    real.add_argument("--empty-masks", choices=EMPTY_MASKS, default="keep")
+    real.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    prep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    prep.set_defaults(func=_cmd_prepare)
+
+    sheet = sub.add_parser(
+        "contact-sheet", help="draw a grid of a manifest's images with their mask outlines"
+    )
+    sheet.add_argument("manifest", type=Path)
+    sheet.add_argument("out", type=Path, help="PNG to write")
+    sheet.add_argument("--count", type=int, default=12)
+    sheet.add_argument("--columns", type=int, default=3, help="pairs per row")
+    sheet.set_defaults(func=_cmd_contact_sheet)
+
+    check = sub.add_parser("check-config", help="validate a workflow config file")
+    check.add_argument("config", type=Path)
+    check.add_argument("--schema", type=Path, default=Path("workflow/schemas/config.schema.yaml"))
+    check.set_defaults(func=_cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ccis`` console command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input: one clear message (it already names the files), no traceback.
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Validate the workflow configuration against its schema before any job runs.
+
+Snakemake merges ``--configfile`` files into ``config.yaml``; this module checks the
+result, fills in defaults from the schema, and raises one :class:`ConfigError` naming
+every bad key by its dotted path (``data.splits[0].phantom.count``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path("workflow") / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message lists every problem."""
+
+
+def key_path(parts: Any) -> str:
+    """Dotted key path of a JSON-schema error location."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
+    where = key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        for key in sorted(set(error.instance) - allowed):
+            yield f"{where}.{key}: unknown key (allowed: {', '.join(sorted(allowed))})"
+    elif error.validator == "required":
+        yield f"{where}: {error.message}"
+    elif error.validator == "oneOf":
+        yield f"{where}: give exactly one of 'phantom' or 'sources'"
+    else:
+        yield f"{where}: {error.message}"
+
+
+def _fill_defaults(instance: Any, schema: dict) -> None:
+    """Insert schema defaults for missing keys, recursively (in place)."""
+    if isinstance(instance, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in instance and "default" in sub:
+                instance[key] = yaml.safe_load(yaml.safe_dump(sub["default"]))
+            if key in instance:
+                _fill_defaults(instance[key], sub)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for item in instance:
+            _fill_defaults(item, schema["items"])
+
+
+def validate_config(
+    config: dict, schema_path: str | os.PathLike, workdir: str | os.PathLike = "."
+) -> dict:
+    """Check ``config`` (filling defaults in place) and return it.
+
+    Beyond the schema: split names are unique, exactly one split has role ``train``,
+    and every data-set folder exists (relative paths are taken from ``workdir``).
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = [
+        line
+        for error in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+        for line in _describe(error)
+    ]
+    if not problems:
+        _fill_defaults(config, schema)
+        problems += _semantic_problems(config, Path(workdir))
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+    return config
+
+
+def _semantic_problems(config: dict, workdir: Path) -> list[str]:
+    problems = []
+    splits = config["data"]["splits"]
+    names = [s["name"] for s in splits]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append(f"data.splits[{i}].name: split {name!r} is defined twice")
+    trains = [s["name"] for s in splits if s["role"] == "train"]
+    if len(trains) != 1:
+        problems.append(f"data.splits: exactly one split needs role 'train', found {len(trains)}")
+    for i, split in enumerate(splits):
+        for j, source in enumerate(split.get("sources", [])):
+            root = Path(source["root"])
+            root = root if root.is_absolute() else workdir / root
+            if not root.is_dir():
+                problems.append(
+                    f"data.splits[{i}].sources[{j}].root: data-set folder {source['root']!r} "
+                    f"({source['format']}) does not exist"
+                )
+    return problems
+
+
+def train_split(config: dict) -> str:
+    """Name of the (single) training split."""
+    return next(s["name"] for s in config["data"]["splits"] if s["role"] == "train")
+
+
+def load_config(path: str | os.PathLike, schema_path: str | os.PathLike) -> dict:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    try:
+        return validate_config(config, schema_path)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err

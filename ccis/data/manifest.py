@@ -1,0 +1,64 @@
+"""The per-split manifest: one Parquet row per normalised image–mask pair."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ccis.common.atomic import atomic_path
+
+# Columns every manifest has, in order (DESIGN.md §2). Phantom manifests add ``truth``.
+COLUMNS = (
+    "id",
+    "source",
+    "split",
+    "image",
+    "mask",
+    "width",
+    "height",
+    "area_fraction",
+    "n_components",
+    "image_sha256",
+    "mask_sha256",
+    "original_image",
+    "original_mask",
+    "notes",
+)
+
+
+def mask_statistics(mask: np.ndarray) -> tuple[float, int]:
+    """Polyp area fraction and number of 8-connected polyp components of a 0/255 mask."""
+    binary = (mask > 0).astype(np.uint8)
+    n_labels, _ = cv2.connectedComponents(binary, connectivity=8)
+    return float(binary.mean()), int(n_labels - 1)
+
+
+def write_manifest(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write manifest ``rows`` to ``path`` atomically and return the path."""
+    path = Path(path)
+    frame = pd.DataFrame(rows)
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = pd.Series([None] * len(frame), dtype=object)
+    extra = [c for c in frame.columns if c not in COLUMNS]
+    frame = frame[list(COLUMNS) + extra]
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest and check it has the required columns."""
+    path = Path(path)
+    frame = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: not a ccis manifest, missing columns {missing}")
+    return frame
