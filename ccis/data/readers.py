@@ -51,9 +51,14 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
         raise PairError(path, "is an empty (zero-byte) file")
     try:
         with warnings.catch_warnings():
-            # Pillow warns before its own bomb limit; we apply ours from the header.
+            # Pillow's own bomb check fires inside open(); we apply ours (configurable,
+            # and naming the declared size) from the header instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
             width, height = img.size
             if width * height > max_pixels:
                 raise PairError(

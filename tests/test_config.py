@@ -1,0 +1,112 @@
+"""Config validation: every bad key is named, before any job runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from ccis.config import ConfigError, load_config, train_split, validate_config
+from conftest import REPO, snakemake
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _default() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_gets_defaults():
+    config = _default()
+    del config["data"]["on_bad_pair"]
+    validate_config(config, SCHEMA)
+    assert config["data"]["on_bad_pair"] == "error"
+    assert train_split(config) == "train"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["data"].update(colour="red"), "data.colour: unknown key"),
+        (lambda c: c["data"]["phantom"].update(sed=1), "data.phantom.sed: unknown key"),
+        (
+            lambda c: c["data"]["phantom"].update(seed="abc"),
+            "data.phantom.seed: 'abc' is not of type 'integer'",
+        ),
+        (
+            lambda c: c["data"]["splits"][1]["phantom"].update(count=0),
+            "data.splits[1].phantom.count: 0 is less than the minimum",
+        ),
+        (
+            lambda c: c["data"]["splits"][0].update(role="val"),
+            "data.splits[0].role: 'val' is not one of",
+        ),
+        (
+            lambda c: c["data"]["splits"][0].pop("phantom"),
+            "data.splits[0]: give exactly one of 'phantom' or 'sources'",
+        ),
+        (
+            lambda c: c["data"]["splits"][2].update(role="train"),
+            "exactly one split needs role 'train', found 2",
+        ),
+        (
+            lambda c: c["data"]["splits"][2].update(name="train"),
+            "data.splits[2].name: split 'train' is defined twice",
+        ),
+        (
+            lambda c: c.update(resources={"prepare_threads": 1.5}),
+            "resources.prepare_threads: 1.5 is not of type 'integer'",
+        ),
+    ],
+)
+def test_bad_config_names_the_key(edit, message):
+    config = copy.deepcopy(_default())
+    edit(config)
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, SCHEMA)
+    assert message in str(info.value)
+
+
+def test_all_problems_are_reported_at_once():
+    config = _default()
+    config["data"]["phantom"]["seed"] = "x"
+    config["data"]["bogus"] = 1
+    with pytest.raises(ConfigError, match=r"2 problem\(s\)"):
+        validate_config(config, SCHEMA)
+
+
+def test_missing_dataset_folder_names_the_key(tmp_path):
+    config = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, SCHEMA, workdir=tmp_path)
+    text = str(info.value)
+    assert (
+        "data.splits[0].sources[0].root: data-set folder 'datasets/TrainDataset' (pranet) does not exist"
+        in text
+    )
+    assert "data.splits[3].sources[0].root" in text
+    for sub in (
+        "TrainDataset",
+        "TestDataset/CVC-300",
+        "TestDataset/CVC-ClinicDB",
+        "TestDataset/Kvasir",
+    ):
+        (tmp_path / "datasets" / sub).mkdir(parents=True)
+    validate_config(config, SCHEMA, workdir=tmp_path)
+
+
+def test_load_config_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="c.yaml: not valid YAML"):
+        load_config(path, SCHEMA)
+
+
+def test_snakemake_stops_before_any_job_naming_the_key(micro_workdir):
+    bad = micro_workdir / "bad.yaml"
+    bad.write_text("data:\n  phantom:\n    width: wide\n")
+    proc = snakemake(micro_workdir, "--cores", "1", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "data.phantom.width: 'wide' is not of type 'integer'" in proc.stderr + proc.stdout
+    assert not (micro_workdir / "results").exists()

@@ -1,0 +1,102 @@
+"""The Snakemake workflow end to end at micro scale, and the CLI surface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from ccis.cli import build_parser, main
+from conftest import REPO, run_env, snakemake, write_pairs
+
+
+def test_micro_dag_prepares_every_split_then_does_nothing(micro_workdir):
+    dry = snakemake(micro_workdir, "-n", "--cores", "1")
+    assert "prepare" in dry.stdout
+    snakemake(micro_workdir, "--cores", "2")
+    results = micro_workdir / "results"
+    for split, count in [("train", 6), ("centre1", 2), ("centre2", 2), ("centre3", 2)]:
+        table = pd.read_parquet(results / "data" / f"{split}.parquet")
+        assert len(table) == count
+        assert (results / "data" / split / "images").is_dir()
+        assert (results / "logs" / "prepare" / f"{split}.log").read_text().count("wrote") == 1
+        assert (results / "benchmarks" / "prepare" / f"{split}.tsv").exists()
+    again = snakemake(micro_workdir, "--cores", "2")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_fake_pranet_split_through_configfile(micro_workdir):
+    data = micro_workdir / "datasets"
+    write_pairs(
+        data / "TrainDataset" / "images", data / "TrainDataset" / "masks", ["cjuA", "1", "2"]
+    )
+    test = data / "TestDataset" / "CVC-300"
+    write_pairs(test / "images", test / "masks", ["149"])
+    (micro_workdir / "fake.yaml").write_text(
+        "results: out\n"
+        "data:\n"
+        "  splits:\n"
+        "    - {name: train, role: train, sources: [{format: pranet, root: datasets/TrainDataset}]}\n"
+        "    - name: endoscene\n"
+        "      role: test\n"
+        "      sources: [{format: pranet, root: datasets/TestDataset/CVC-300, name: cvc300}]\n"
+    )
+    snakemake(micro_workdir, "--cores", "1", "--configfile", "fake.yaml")
+    train = pd.read_parquet(micro_workdir / "out" / "data" / "train.parquet")
+    assert sorted(train["id"]) == ["clinicdb-1", "clinicdb-2", "kvasir-cjuA"]
+    test_table = pd.read_parquet(micro_workdir / "out" / "data" / "endoscene.parquet")
+    assert list(test_table["id"]) == ["cvc300-149"]
+    # The phantom splits of config.yaml are replaced, not merged in.
+    assert not (micro_workdir / "out" / "data" / "centre1.parquet").exists()
+
+
+def test_workflow_is_lint_clean():
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO)],
+        capture_output=True, text=True, env=run_env(), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse API
+    assert {"prepare", "contact-sheet", "check-config"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0
+        assert "usage: ccis " + name in capsys.readouterr().out
+
+
+def test_cli_bad_input_exits_nonzero_with_message(tmp_path, capsys):
+    root = tmp_path / "ds"
+    write_pairs(root / "images", root / "masks", ["a"])
+    (root / "images" / "a.png").write_bytes(b"")
+    code = main(
+        ["prepare", "--split", "s", "--out", str(tmp_path / "o"), "--source", f"kvasir-seg={root}"]
+    )
+    assert code == 2
+    assert "a.png: is an empty (zero-byte) file" in capsys.readouterr().err
+
+
+def test_check_config_command(capsys):
+    assert main(["check-config", str(REPO / "config.yaml"), "--schema",
+                 str(REPO / "workflow/schemas/config.schema.yaml")]) == 0  # fmt: skip
+    assert "valid; splits: train (train)" in capsys.readouterr().out
+
+
+def test_contact_sheet(tmp_path):
+    from ccis.data.prepare import PhantomSpec, prepare_split
+
+    manifest = prepare_split("t", tmp_path, phantom=PhantomSpec(3, 0, 0, 96, 80))
+    assert (
+        main(["contact-sheet", str(manifest), str(tmp_path / "sheet.png"), "--columns", "2"]) == 0
+    )
+    import cv2
+
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))
+    assert sheet.shape == (2 * 240, 2 * 2 * 288, 3)
