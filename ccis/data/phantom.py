@@ -227,7 +227,7 @@ def _dome(mask: np.ndarray, height: float) -> np.ndarray:
     if peak <= 0:
         return np.zeros(mask.shape, np.float32)
     u = dist / peak
-    return (height * np.sqrt(np.clip(u * (2.0 - u), 0.0, 1.0))).astype(np.float32)
+    return (height * np.clip(u * (2.0 - u), 0.0, 1.0) ** 0.75).astype(np.float32)
 
 
 def _vessels(rng: np.random.Generator, h: int, w: int, density: float) -> np.ndarray:
@@ -384,7 +384,9 @@ def render_phantom(
         arcs = 0.5 + 0.5 * np.cos(ang * int(rng.integers(1, 3)) + rng.uniform(0, 2 * np.pi))
         ridge = np.clip(np.sin(phase), 0, None) ** 3
         fold_amp = rng.uniform(0.02, 0.035) * diag
-        height_map += fold_amp * ridge * (0.35 + 0.65 * arcs) * np.clip(r * 5 - 0.2, 0, 1)
+        ramp = np.clip((r - 0.04) / 0.2, 0, 1)
+        ramp = ramp * ramp * (3 - 2 * ramp)  # smooth: a kink would draw a ring of glints
+        height_map += fold_amp * ridge * (0.35 + 0.65 * arcs) * ramp
     polyp_height = np.zeros((h, w), np.float32)
     for m, _ in polyps:
         eq_radius = math.sqrt(m.sum() / math.pi)
@@ -403,7 +405,7 @@ def render_phantom(
     light /= np.linalg.norm(light)
     lambert = np.clip(nx * light[0] + ny * light[1] + nz * light[2], 0.0, 1.0)
     blur_h = cv2.GaussianBlur(height_map, (0, 0), 0.03 * diag)
-    occlusion = np.clip(1.0 - 0.035 * np.clip(blur_h - height_map, 0, None), 0.55, 1.0)
+    occlusion = np.clip(1.0 - 0.025 * np.clip(blur_h - height_map, 0, None), 0.65, 1.0)
     lumen_r = rng.uniform(0.12, 0.2)
     falloff = 1.0 - np.exp(-((r / lumen_r) ** 2) * 1.6)
     falloff = 0.06 + 0.94 * falloff
@@ -429,18 +431,25 @@ def render_phantom(
         np.float32
     )
     mottle = 1.0 + (0.08 if texture == "rough" else 0.03) * _smooth_noise(rng, h, w, 1.5)
-    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.0)[..., None]
+    # The polyp's colour fades into the mucosa over a few pixels, as on real sessile polyps.
+    feather = 0.04 * math.sqrt(mask.sum() / math.pi) + 0.8
+    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), feather)[..., None]
     polyp_albedo = np.clip(pcol[None, None, :] * mottle[..., None], 0, 1)
     albedo = albedo * (1 - soft) + polyp_albedo * soft
 
-    # Specular highlights on wet surfaces: Blinn-Phong with a patchy wetness map.
-    half = light + np.array([0.0, 0.0, 1.0])
-    half /= np.linalg.norm(half)
-    n_dot_h = np.clip(nx * half[0] + ny * half[1] + nz * half[2], 0.0, 1.0)
+    # Specular highlights on wet surfaces: glints sit on convex spots (fold crests, polyp
+    # tops, debris) facing the scope, so use the wall's local relief without its tilt.
     if has_highlights:
-        wet = np.clip(_smooth_noise(rng, h, w, 2.0) * 0.8 + rng.uniform(0.0, 0.6), 0, 1)
-        spec = rng.uniform(1.5, 2.5) * wet * n_dot_h ** rng.uniform(60, 140)
-        spec = spec + 1.5 * mask * n_dot_h**80 * wet
+        relief = height_map - tilt * np.log(r + 0.02)
+        relief = cv2.GaussianBlur(relief.astype(np.float32), (0, 0), 1.2)
+        rgy, rgx = np.gradient(relief)
+        n_dot_v = 1.0 / np.sqrt(rgx * rgx + rgy * rgy + 1.0)
+        convex = np.clip(-cv2.Laplacian(relief, cv2.CV_32F, ksize=3), 0, None)
+        convex = np.clip(convex / (np.percentile(convex, 99) + 1e-6), 0, 1)
+        wet = np.clip(1.6 * _smooth_noise(rng, h, w, 1.5) - rng.uniform(0.6, 1.2), 0, 1)
+        glint = wet * convex * n_dot_v**30
+        glint = glint * (1.0 + 2.0 * cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2.0))
+        spec = np.clip(3.0 * glint * falloff, 0, 1.5).astype(np.float32)
     else:
         spec = np.zeros((h, w), np.float32)
 
