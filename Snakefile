@@ -11,9 +11,11 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/caption.smk"
 
 
 rule all:
     input:
         manifests=all_manifests(),
+        triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
     default_target: True

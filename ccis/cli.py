@@ -40,6 +40,53 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_caption(args: argparse.Namespace) -> None:
+    from ccis.caption.stage import caption_manifest, parse_shard
+    from ccis.caption.tokens import TokenCounter
+
+    shard = parse_shard(args.shard)
+    if args.captioner == "llama":
+        from ccis.caption.llama import LlamaCaptioner
+
+        if args.llama_model is None:
+            raise SystemExit("ccis caption: --captioner llama needs --llama-model PATH.gguf")
+        captioner = LlamaCaptioner(
+            args.llama_model,
+            mmproj=args.llama_mmproj,
+            n_ctx=args.llama_n_ctx,
+            max_new_tokens=args.llama_max_new_tokens,
+            temperature=args.llama_temperature,
+            retries=args.llama_retries,
+            seed=args.seed,
+            threads=args.threads,
+            cache_dir=args.llama_cache,
+        )
+    else:
+        from ccis.caption.template import TemplateCaptioner
+
+        captioner = TemplateCaptioner(args.seed)
+    caption_manifest(
+        args.manifest,
+        args.out,
+        captioner,
+        TokenCounter(args.tokenizer),
+        max_tokens=args.max_tokens,
+        shard=shard,
+    )
+
+
+def _cmd_gather_captions(args: argparse.Namespace) -> None:
+    from ccis.caption.stage import gather_triplets
+
+    gather_triplets(args.parts, args.out)
+
+
+def _cmd_tiny_gguf(args: argparse.Namespace) -> None:
+    from ccis.caption.tiny_gguf import write_tiny_llama_gguf
+
+    log.info("wrote %s", write_tiny_llama_gguf(args.out, seed=args.seed))
+
+
 def _cmd_contact_sheet(args: argparse.Namespace) -> None:
     from ccis.data.sheet import contact_sheet
 
@@ -100,6 +147,43 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     prep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     prep.set_defaults(func=_cmd_prepare)
+
+    cap = sub.add_parser(
+        "caption",
+        help="measure attributes and caption a split's pairs (one shard)",
+        description="Write image–mask–text triplets (Parquet) for shard I/N of a manifest.",
+    )
+    cap.add_argument("--manifest", required=True, type=Path, help="a split manifest (prepare)")
+    cap.add_argument("--out", required=True, type=Path, help="triplets Parquet to write")
+    cap.add_argument("--captioner", choices=("template", "llama"), default="template")
+    cap.add_argument("--seed", type=int, default=0, help="phrase variation / sampling seed")
+    cap.add_argument("--shard", default="0/1", help="I/N: caption every N-th pair from I")
+    cap.add_argument("--max-tokens", type=int, default=77, help="text-encoder token budget")
+    cap.add_argument(
+        "--tokenizer", type=Path, help="Hugging Face tokenizer folder (default: CLIP BPE)"
+    )
+    cap.add_argument("--threads", type=int, default=None, help="LLaMA CPU threads")
+    lam = cap.add_argument_group("llama captioner")
+    lam.add_argument("--llama-model", type=Path, help="GGUF model file")
+    lam.add_argument("--llama-mmproj", type=Path, help="vision projector GGUF (LLaVA-style)")
+    lam.add_argument("--llama-n-ctx", type=int, default=2048)
+    lam.add_argument("--llama-max-new-tokens", type=int, default=256)
+    lam.add_argument("--llama-temperature", type=float, default=0.7)
+    lam.add_argument("--llama-retries", type=int, default=3)
+    lam.add_argument("--llama-cache", type=Path, help="folder caching answers by content hash")
+    cap.set_defaults(func=_cmd_caption)
+
+    gather = sub.add_parser("gather-captions", help="join caption shards into one triplets file")
+    gather.add_argument("--out", required=True, type=Path)
+    gather.add_argument("parts", nargs="+", type=Path)
+    gather.set_defaults(func=_cmd_gather_captions)
+
+    tiny = sub.add_parser(
+        "tiny-gguf", help="write a tiny random-weight LLaMA GGUF (for trying the llama path)"
+    )
+    tiny.add_argument("out", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_cmd_tiny_gguf)
 
     sheet = sub.add_parser(
         "contact-sheet", help="draw a grid of a manifest's images with their mask outlines"

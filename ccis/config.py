@@ -100,6 +100,17 @@ def _semantic_problems(config: dict, workdir: Path) -> list[str]:
                     f"data.splits[{i}].sources[{j}].root: data-set folder {source['root']!r} "
                     f"({source['format']}) does not exist"
                 )
+    caption = config.get("caption", {})
+    model = caption.get("llama", {}).get("model")
+    if caption.get("captioner") == "llama" and not model:
+        problems.append("caption.llama.model: the llama captioner needs a GGUF model file")
+    for key, value in (
+        ("caption.llama.model", model),
+        ("caption.llama.mmproj", caption.get("llama", {}).get("mmproj")),
+        ("caption.tokenizer", caption.get("tokenizer")),
+    ):
+        if value and not (Path(value) if Path(value).is_absolute() else workdir / value).exists():
+            problems.append(f"{key}: {value!r} does not exist")
     return problems
 
 

@@ -84,6 +84,7 @@ def micro_workdir(tmp_path: Path) -> Path:
         "    - {name: centre1, role: test, phantom: {count: 2, centre: 1}}\n"
         "    - {name: centre2, role: test, phantom: {count: 2, centre: 2}}\n"
         "    - {name: centre3, role: test, phantom: {count: 2, centre: 3}}\n"
+        "caption: {shards: 2}\n"
         "resources: {prepare_threads: 1}\n"
     )
     return tmp_path

@@ -86,14 +86,26 @@ def test_missing_dataset_folder_names_the_key(tmp_path):
         in text
     )
     assert "data.splits[3].sources[0].root" in text
+    assert "caption.llama.model: 'models/llama/" in text
     for sub in (
-        "TrainDataset",
-        "TestDataset/CVC-300",
-        "TestDataset/CVC-ClinicDB",
-        "TestDataset/Kvasir",
+        "datasets/TrainDataset",
+        "datasets/TestDataset/CVC-300",
+        "datasets/TestDataset/CVC-ClinicDB",
+        "datasets/TestDataset/Kvasir",
+        config["caption"]["tokenizer"],
     ):
-        (tmp_path / "datasets" / sub).mkdir(parents=True)
+        (tmp_path / sub).mkdir(parents=True)
+    model = tmp_path / config["caption"]["llama"]["model"]
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"GGUF")
     validate_config(config, SCHEMA, workdir=tmp_path)
+
+
+def test_llama_captioner_needs_a_model():
+    config = _default()
+    config["caption"]["captioner"] = "llama"
+    with pytest.raises(ConfigError, match="caption.llama.model: the llama captioner needs"):
+        validate_config(config, SCHEMA)
 
 
 def test_load_config_names_the_file(tmp_path):

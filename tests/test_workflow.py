@@ -23,8 +23,15 @@ def test_micro_dag_prepares_every_split_then_does_nothing(micro_workdir):
         assert (results / "data" / split / "images").is_dir()
         assert (results / "logs" / "prepare" / f"{split}.log").read_text().count("wrote") == 1
         assert (results / "benchmarks" / "prepare" / f"{split}.tsv").exists()
+    triplets = pd.read_parquet(results / "captions" / "train.parquet")
+    assert len(triplets) == 6 and triplets["caption"].str.len().min() > 40
+    assert not list((results / "captions").glob("*.part*"))  # shards are temporary
     again = snakemake(micro_workdir, "--cores", "2")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # -R caption re-runs the captioning (its shards and the gather), not prepare.
+    rerun = snakemake(micro_workdir, "--cores", "2", "-R", "caption")
+    log = rerun.stdout + rerun.stderr
+    assert "rule caption" in log and "rule gather_captions" in log and "rule prepare" not in log
 
 
 def test_fake_pranet_split_through_configfile(micro_workdir):

@@ -475,7 +475,8 @@ def render_phantom(
         n_polyps=len(polyps),
         area_fraction=float(mask.sum() / (h * w)),
         debris=has_debris,
-        highlights=has_highlights,
+        # Recorded as seen: wet patches can miss every convex spot and leave no glint.
+        highlights=bool(((spec > 0.5) & inside).mean() > 0.0005),
         folds=has_folds,
         centre=style.name,
     )
