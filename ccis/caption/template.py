@@ -75,7 +75,8 @@ class TemplateCaptioner:
             return options[(pick // (salt + 1)) % len(options)]
 
         loc = "" if drop >= 1 else f" in the {a.location} of the view"
-        size = "" if drop >= 2 else word(SIZE_WORDS, a.size, 5) + " "
+        # With several polyps the size word would stack on "larger": leave it to the mask.
+        size = "" if drop >= 2 or a.n_polyps >= 2 else word(SIZE_WORDS, a.size, 5) + " "
         pattern = PATTERNS[pick % len(PATTERNS)]
         text = pattern.format(
             c=word(COLOUR_WORDS, a.colour, 1),
