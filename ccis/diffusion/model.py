@@ -1,0 +1,181 @@
+"""CCIS-Diff's trainable branch: diffusers' ControlNet with BMWS and TAAM behind switches.
+
+``CCISControlNetModel`` is a ``ControlNetModel`` (copy of the UNet encoder and mid
+block, zero-initialised 1×1 outputs into the frozen UNet's skips) whose 1-channel mask
+conditioning gains the blur mask weighting strategy (``bmws``) and whose transformer
+blocks gain the text-aware attention mechanism (``taam``). With both switches off it is
+exactly ``ControlNetModel`` (same weights, same residuals): the ControlNet baseline. The
+ablations "w/o BMWS" and "w/o TAAM" are the same class with one switch off. It saves and
+loads as a diffusers folder (``config.json`` + safetensors).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, UNet2DConditionModel
+
+# diffusers' pipeline loader finds a component's base class in the component's module:
+# this import lets CCISPipeline.from_pretrained load the branch.
+from diffusers import ModelMixin  # noqa: F401
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention import BasicTransformerBlock
+from torch import nn
+
+from ccis.diffusion.bmws import MaskConditioningEmbedding
+from ccis.diffusion.taam import (
+    BlurReinjectionProcessor,
+    BranchContext,
+    TextAwareSelfAttnProcessor,
+    content_token_mask,
+)
+
+_OWN_DEFAULTS = {"bmws": True, "taam": True, "blur_sigma": 0.03, "taam_lambda_init": -4.0}
+
+
+def _zero_conv(channels_in: int, channels_out: int) -> nn.Conv2d:
+    conv = nn.Conv2d(channels_in, channels_out, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _init(self, *, bmws=True, taam=True, blur_sigma=0.03, taam_lambda_init=-4.0, **kwargs):
+    kwargs.setdefault("conditioning_channels", 1)
+    ControlNetModel.__init__(self, **kwargs)
+    self._branch_context = BranchContext()
+    channels = self.config.block_out_channels[0]
+    if bmws:
+        self.controlnet_cond_embedding = MaskConditioningEmbedding(
+            conditioning_embedding_channels=channels,
+            conditioning_channels=self.config.conditioning_channels,
+            block_out_channels=tuple(self.config.conditioning_embedding_out_channels),
+            blur_sigma=blur_sigma,
+        )
+        self.controlnet_cond_embedding.context = self._branch_context
+    blocks = self.transformer_blocks()
+    if taam and blocks:
+        # softplus(-4) ≈ 0.018: the bias starts close to zero, as plain self-attention.
+        self.taam_lambda = nn.Parameter(torch.full((len(blocks),), float(taam_lambda_init)))
+    if bmws and blocks:
+        self.blur_reinjection = nn.ModuleList(
+            _zero_conv(channels, block.attn2.to_out[0].out_features) for block in blocks
+        )
+    self.install_processors()
+
+
+# diffusers reads a model's config keys from its __init__ signature. Ours is the
+# parent's plus four switches: declare that signature instead of copying ~35 arguments.
+_init.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for name, p in inspect.signature(ControlNetModel.__init__).parameters.items()
+        if name != "self"
+    ]
+    + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
+        for name, value in _OWN_DEFAULTS.items()
+    ]
+)
+
+
+class CCISControlNetModel(ControlNetModel):
+    """ControlNet branch with the blur mask weighting strategy and text-aware attention.
+
+    Extra config: ``bmws`` and ``taam`` (switches), ``blur_sigma`` (σ of the mask blur as
+    a fraction of the image side), ``taam_lambda_init`` (raw λ before softplus).
+    """
+
+    __init__ = register_to_config(_init)
+
+    @classmethod
+    def from_unet(
+        cls,
+        unet: UNet2DConditionModel,
+        *,
+        bmws: bool = True,
+        taam: bool = True,
+        blur_sigma: float = 0.03,
+        taam_lambda_init: float = -4.0,
+        conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
+        load_weights_from_unet: bool = True,
+    ) -> CCISControlNetModel:
+        """A branch whose encoder and mid block copy ``unet``'s (1-channel mask input)."""
+        plain = ControlNetModel.from_unet(
+            unet,
+            conditioning_embedding_out_channels=conditioning_embedding_out_channels,
+            load_weights_from_unet=load_weights_from_unet,
+            conditioning_channels=1,
+        )
+        config = {k: v for k, v in plain.config.items() if not k.startswith("_")}
+        model = cls(
+            **config, bmws=bmws, taam=taam, blur_sigma=blur_sigma, taam_lambda_init=taam_lambda_init
+        )
+        missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+        own = ("controlnet_cond_embedding.blur_embedding", "controlnet_cond_embedding.weighting",
+               "taam_lambda", "blur_reinjection")  # fmt: skip
+        if unexpected or any(not key.startswith(own) for key in missing):
+            raise RuntimeError(f"weight copy mismatch: missing {missing}, unexpected {unexpected}")
+        return model
+
+    def transformer_blocks(self) -> list[BasicTransformerBlock]:
+        """The branch's transformer blocks (down blocks, then the mid block), in order."""
+        found = []
+        for part in (self.down_blocks, self.mid_block):
+            if part is not None:
+                found += [m for m in part.modules() if isinstance(m, BasicTransformerBlock)]
+        return [b for b in found if getattr(b, "attn2", None) is not None]
+
+    def install_processors(self) -> None:
+        """(Re)install the TAAM and re-injection attention processors (after, say,
+        ``set_attn_processor`` replaced them)."""
+        ctx = self._branch_context
+        for index, block in enumerate(self.transformer_blocks()):
+            if self.config.taam:
+                block.attn1.set_processor(TextAwareSelfAttnProcessor(index, block.attn2, ctx))
+            if self.config.bmws:
+                block.attn2.set_processor(
+                    BlurReinjectionProcessor(index, self.blur_reinjection[index], ctx)
+                )
+
+    def taam_lambdas(self) -> torch.Tensor | None:
+        """λ of every block (softplus of the raw parameter), or None without TAAM."""
+        raw = getattr(self, "taam_lambda", None)
+        return None if raw is None else F.softplus(raw)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        controlnet_cond: torch.Tensor,
+        *args,
+        text_token_mask: torch.Tensor | None = None,
+        text_key_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """ControlNet's forward, plus the prompt's token masks for TAAM.
+
+        ``text_key_mask`` (B, L) marks real (non-padding) tokens, as a tokenizer's
+        attention mask does; ``text_token_mask`` marks content tokens (default: the real
+        tokens minus start and end). Without either, every token counts as real.
+        """
+        ctx = self._branch_context
+        batch, length = encoder_hidden_states.shape[:2]
+        if text_key_mask is None:
+            text_key_mask = torch.ones(batch, length, dtype=torch.bool, device=sample.device)
+        if text_token_mask is None:
+            text_token_mask = content_token_mask(text_key_mask)
+        ctx.encoder_hidden_states = encoder_hidden_states
+        ctx.key_mask = text_key_mask.bool()
+        ctx.content_mask = text_token_mask.bool()
+        ctx.lambdas = self.taam_lambdas()
+        ctx.latent_hw = tuple(sample.shape[-2:])
+        ctx.last_scores = {}
+        ctx.blur_feature = None
+        return super().forward(
+            sample, timestep, encoder_hidden_states, controlnet_cond, *args, **kwargs
+        )

@@ -1,0 +1,172 @@
+"""Text-aware attention mechanism (TAAM, paper §2.2.3) and the blur-mask re-injection.
+
+In every transformer block of the trainable branch, before self-attention, the block's
+own cross-attention projections give the probabilities ``Mc = softmax(Qc Kcᵀ/√d)``
+(fp32, averaged over heads, padding keys masked out). A pixel's text score is the
+probability mass it puts on the prompt's content tokens (no start, end or padding
+tokens); ``S`` is its per-image min–max normalisation, and an empty prompt gives ``S =
+0``. Self-attention then becomes ``softmax(Qs Ksᵀ/√d + log(1 + λ·S_j))``: a key-side
+bias, handed to ``scaled_dot_product_attention`` as a broadcast float mask (we never
+build an hw×hw tensor), with ``λ = softplus(raw) ≥ 0`` learnable per block and started
+near zero, so training begins as plain ControlNet.
+
+After cross-attention, the block adds ``ZeroConv(resize(Fb))``: the cross-attention
+output meets the blur-mask embedding again before the next ResNet block (the BMWS
+switch owns this part, since it needs ``Fb``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
+
+
+def content_token_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Content tokens of right-padded prompts: the tokenizer's real tokens minus the
+    first (start) and the last real one (end). ``attention_mask`` is (B, L) of 0/1."""
+    real = attention_mask.bool()
+    length = real.sum(dim=1, keepdim=True)
+    position = torch.arange(real.shape[1], device=real.device)[None, :]
+    return real & (position >= 1) & (position < length - 1)
+
+
+def text_scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    heads: int,
+    content_mask: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-pixel text score ``S`` in [0, 1], shape (B, N).
+
+    ``query`` (B, N, C) and ``key`` (B, L, C) are the cross-attention projections of the
+    pixels and the prompt tokens; ``content_mask`` (B, L) marks content tokens and
+    ``key_mask`` (B, L) the real (non-padding) ones, which the softmax runs over.
+    """
+    batch, n, channels = query.shape
+    d = channels // heads
+    q = query.float().view(batch, n, heads, d).transpose(1, 2)
+    k = key.float().view(batch, key.shape[1], heads, d).transpose(1, 2)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, heads, N, L), L is ~77
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
+    probs = logits.softmax(dim=-1).mean(dim=1)  # (B, N, L)
+    score = (probs * content_mask[:, None, :].float()).sum(dim=-1)  # (B, N)
+    low = score.amin(dim=1, keepdim=True)
+    high = score.amax(dim=1, keepdim=True)
+    scaled = ((score - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
+    has_text = content_mask.any(dim=1, keepdim=True)
+    return torch.where(has_text, scaled, torch.zeros_like(scaled))
+
+
+@dataclass
+class BranchContext:
+    """Per-forward inputs the branch's attention processors share.
+
+    Kept until the next forward (not cleared), so gradient checkpointing can recompute
+    blocks during the backward pass.
+    """
+
+    encoder_hidden_states: torch.Tensor | None = None
+    content_mask: torch.Tensor | None = None
+    key_mask: torch.Tensor | None = None
+    lambdas: torch.Tensor | None = None
+    blur_feature: torch.Tensor | None = None
+    latent_hw: tuple[int, int] = (0, 0)
+    last_scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    keep_scores: bool = False
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, n, channels = x.shape
+    return x.view(batch, n, heads, channels // heads).transpose(1, 2)
+
+
+def token_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a block's token grid, from the branch input size (down-sampling ceils)."""
+    height, width = latent_hw
+    factor = 1
+    while factor <= max(height, width):
+        h, w = -(-height // factor), -(-width // factor)
+        if h * w == tokens:
+            return h, w
+        factor *= 2
+    raise ValueError(f"{tokens} tokens do not tile a {height}×{width} latent")
+
+
+class TextAwareSelfAttnProcessor:
+    """Self-attention with the TAAM key-side bias ``log(1 + λ·S)``."""
+
+    def __init__(self, index: int, cross_attn: Attention, context: BranchContext):
+        self.index = index
+        self.cross_attn = cross_attn
+        self.context = context
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        ctx = self.context
+        if ctx.encoder_hidden_states is None or ctx.lambdas is None or hidden_states.ndim != 3:
+            return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if attention_mask is not None or encoder_hidden_states is not None:
+            raise ValueError("TAAM self-attention supports plain self-attention blocks only")
+        cross = self.cross_attn
+        scores = text_scores(
+            cross.to_q(hidden_states),
+            cross.to_k(ctx.encoder_hidden_states),
+            cross.heads,
+            ctx.content_mask,
+            ctx.key_mask,
+        )
+        if ctx.keep_scores:
+            ctx.last_scores[self.index] = scores.detach()
+        bias = torch.log1p(ctx.lambdas[self.index] * scores).to(hidden_states.dtype)
+        query = _split_heads(attn.to_q(hidden_states), attn.heads)
+        key = _split_heads(attn.to_k(hidden_states), attn.heads)
+        value = _split_heads(attn.to_v(hidden_states), attn.heads)
+        # (B, 1, 1, N) broadcasts over heads and queries: a bias on each key pixel.
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias[:, None, None, :])
+        out = out.transpose(1, 2).reshape(hidden_states.shape[0], -1, attn.heads * query.shape[-1])
+        out = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+class BlurReinjectionProcessor:
+    """Cross-attention followed by ``+ ZeroConv(resize(Fb))``."""
+
+    def __init__(self, index: int, zero_conv: nn.Conv2d, context: BranchContext):
+        self.index = index
+        self.zero_conv = zero_conv
+        self.context = context
+        self.base = AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        out = self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        feature = self.context.blur_feature
+        if feature is None or out.ndim != 3:
+            return out
+        h, w = token_grid(out.shape[1], self.context.latent_hw)
+        resized = F.interpolate(feature, size=(h, w), mode="bilinear", align_corners=False)
+        injected = self.zero_conv(resized.to(self.zero_conv.weight.dtype))
+        return out + injected.flatten(2).transpose(1, 2).to(out.dtype)
