@@ -15,11 +15,14 @@ import inspect
 
 import torch
 import torch.nn.functional as F
-from diffusers import ControlNetModel, UNet2DConditionModel
 
 # diffusers' pipeline loader finds a component's base class in the component's module:
 # this import lets CCISPipeline.from_pretrained load the branch.
-from diffusers import ModelMixin  # noqa: F401
+from diffusers import (
+    ControlNetModel,
+    ModelMixin,  # noqa: F401
+    UNet2DConditionModel,
+)
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention import BasicTransformerBlock
 from torch import nn

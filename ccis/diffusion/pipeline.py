@@ -142,7 +142,9 @@ class CCISPipeline(DiffusionPipeline):
         batch = len(prompts)
         height, width = masks.shape[-2:]
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
-            raise ValueError(f"image size {height}×{width} must be a multiple of {self.vae_scale_factor}")
+            raise ValueError(
+                f"image size {height}×{width} must be a multiple of {self.vae_scale_factor}"
+            )
         seeds = [seed + i for i in range(batch)] if isinstance(seed, int) else list(seed)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
@@ -157,7 +159,9 @@ class CCISPipeline(DiffusionPipeline):
 
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)  # fmt: skip
-        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=self.unet.dtype)
+        latents = randn_tensor(
+            shape, generator=generators, device=self.device, dtype=self.unet.dtype
+        )
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         latents = latents * self.scheduler.init_noise_sigma
 

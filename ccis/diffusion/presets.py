@@ -135,12 +135,12 @@ def load_sd15(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -> 
     if path.suffix in (".safetensors", ".ckpt"):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: Stable Diffusion checkpoint not found")
-        pipe = StableDiffusionPipeline.from_single_file(str(path), torch_dtype=dtype)
+        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype)
     else:
         if path.exists() and not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path}: not a diffusers folder (no model_index.json)")
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(source), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+            str(source), dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
     return {
         "vae": pipe.vae,

@@ -118,7 +118,9 @@ class TextAwareSelfAttnProcessor:
     ) -> torch.Tensor:
         ctx = self.context
         if ctx.encoder_hidden_states is None or ctx.lambdas is None or hidden_states.ndim != 3:
-            return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return AttnProcessor2_0()(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb
+            )
         if attention_mask is not None or encoder_hidden_states is not None:
             raise ValueError("TAAM self-attention supports plain self-attention blocks only")
         cross = self.cross_attn

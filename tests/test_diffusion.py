@@ -1,0 +1,314 @@
+"""CCIS-Diff: zero start, ControlNet equivalence, text scores, gradients, save/load,
+the pipeline, and that the mask control actually works after a short over-fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, StableDiffusionPipeline
+
+from ccis.data.phantom import render_phantom
+from ccis.diffusion.model import CCISControlNetModel
+from ccis.diffusion.pipeline import CCISPipeline, masks_to_tensor
+from ccis.diffusion.presets import TINY_CONDITIONING_CHANNELS, load_sd15, tiny_components
+from ccis.diffusion.taam import content_token_mask, text_scores, token_grid
+
+PROMPTS = ["the polyp is red , round and smooth", "a pale polyp against pink mucosa", ""]
+
+
+@pytest.fixture(scope="module")
+def base():
+    components = tiny_components(PROMPTS, seed=0)
+    for name in ("vae", "text_encoder", "unet"):
+        components[name].requires_grad_(False)
+    return components
+
+
+def _branch(base, **switches) -> CCISControlNetModel:
+    torch.manual_seed(1)
+    return CCISControlNetModel.from_unet(
+        base["unet"], conditioning_embedding_out_channels=TINY_CONDITIONING_CHANNELS, **switches
+    )
+
+
+def _inputs(base, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = base["tokenizer"](
+        PROMPTS[:batch], padding="max_length", max_length=77, return_tensors="pt"
+    )
+    with torch.no_grad():
+        text = base["text_encoder"](tokens.input_ids)[0]
+    masks = masks_to_tensor([render_phantom(0, 0, i, 64, 64).mask for i in range(batch)])
+    latents = torch.randn(batch, 4, 8, 8, generator=g)
+    t = torch.tensor([500, 100])[:batch]
+    return latents, t, text, masks, tokens.attention_mask
+
+
+def _perturb_zero_layers(model, scale=0.05, seed=3):
+    """Give the zero-initialised layers small random weights, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_at_initialisation_the_unet_prediction_is_unchanged(base):
+    branch = _branch(base)
+    latents, t, text, masks, attention = _inputs(base)
+    down, mid = branch(latents, t, text, masks, text_key_mask=attention.bool(), return_dict=False)
+    assert all(float(r.detach().abs().max()) == 0.0 for r in [*down, mid])
+    unet = base["unet"]
+    with torch.no_grad():
+        plain = unet(latents, t, encoder_hidden_states=text).sample
+        steered = unet(latents, t, encoder_hidden_states=text,
+                       down_block_additional_residuals=down, mid_block_additional_residual=mid).sample  # fmt: skip
+    assert torch.equal(plain, steered)
+
+
+def test_switches_off_is_numerically_diffusers_controlnet(base):
+    plain = ControlNetModel.from_unet(
+        base["unet"], conditioning_embedding_out_channels=TINY_CONDITIONING_CHANNELS,
+        conditioning_channels=1,
+    )  # fmt: skip
+    _perturb_zero_layers(plain)
+    config = {k: v for k, v in plain.config.items() if not k.startswith("_")}
+    ours = CCISControlNetModel(**config, bmws=False, taam=False)
+    ours.load_state_dict(plain.state_dict(), strict=True)
+    latents, t, text, masks, attention = _inputs(base)
+    with torch.no_grad():
+        a_down, a_mid = plain(latents, t, text, masks, return_dict=False)
+        b_down, b_mid = ours(
+            latents, t, text, masks, text_key_mask=attention.bool(), return_dict=False
+        )
+    assert float(a_mid.abs().max()) > 0  # the comparison is not between zeros
+    for a, b in zip([*a_down, a_mid], [*b_down, b_mid], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_switches_change_the_modules_and_survive_save_load(base, tmp_path):
+    full = _branch(base)
+    assert type(full.controlnet_cond_embedding).__name__ == "MaskConditioningEmbedding"
+    assert full.taam_lambdas().shape == (len(full.transformer_blocks()),)
+    assert float(full.taam_lambdas().detach().max()) < 0.05  # starts near plain attention
+    no_taam, no_bmws = _branch(base, taam=False), _branch(base, bmws=False)
+    assert no_taam.taam_lambdas() is None and not hasattr(no_bmws, "blur_reinjection")
+    _perturb_zero_layers(full)
+    full.save_pretrained(tmp_path / "branch")
+    assert sorted(p.name for p in (tmp_path / "branch").iterdir()) == [
+        "config.json", "diffusion_pytorch_model.safetensors"]  # fmt: skip
+    loaded = CCISControlNetModel.from_pretrained(tmp_path / "branch")
+    assert loaded.config.bmws and loaded.config.taam
+    latents, t, text, masks, attention = _inputs(base)
+    with torch.no_grad():
+        a = full(latents, t, text, masks, text_key_mask=attention.bool(), return_dict=False)
+        b = loaded(latents, t, text, masks, text_key_mask=attention.bool(), return_dict=False)
+    for x, y in zip([*a[0], a[1]], [*b[0], b[1]], strict=True):
+        torch.testing.assert_close(x, y)
+
+
+def test_content_token_mask_drops_start_end_and_padding(base):
+    tokens = base["tokenizer"](["a pale polyp", ""], padding="max_length", max_length=10,
+                               return_tensors="pt")  # fmt: skip
+    mask = content_token_mask(tokens.attention_mask)
+    assert mask[0].tolist() == [False, True, True, True] + [False] * 6
+    assert not mask[1].any()
+
+
+def test_text_scores_properties(base):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 16, 32, generator=g)
+    k = torch.randn(2, 12, 32, generator=g)
+    content = torch.zeros(2, 12, dtype=torch.bool)
+    content[0, 1:5] = True  # prompt 0 has four content tokens, prompt 1 is empty
+    keys = torch.zeros(2, 12, dtype=torch.bool)
+    keys[0, :6] = True
+    keys[1, :2] = True
+    s = text_scores(q, k, 4, content, keys)
+    assert s.shape == (2, 16) and float(s.min()) >= 0 and float(s.max()) <= 1
+    assert float(s[0].min()) == 0.0 and float(s[0].max()) == pytest.approx(1.0)
+    assert torch.equal(s[1], torch.zeros(16))  # empty prompt: S = 0
+    # Padding keys do not count, whatever they hold and however many there are.
+    k2 = torch.cat([k, torch.randn(2, 20, 32, generator=g)], dim=1)
+    content2 = torch.cat([content, torch.zeros(2, 20, dtype=torch.bool)], dim=1)
+    keys2 = torch.cat([keys, torch.zeros(2, 20, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(text_scores(q, k2, 4, content2, keys2), s)
+
+
+def test_text_scores_ignore_start_and_end_tokens():
+    # Pixel 0 looks only at the start token, pixel 1 only at a content token,
+    # pixel 2 only at the end token.
+    k = torch.zeros(1, 4, 8)
+    k[0, 0, 0] = k[0, 1, 1] = k[0, 3, 2] = 1.0
+    q = torch.zeros(1, 3, 8)
+    q[0, 0, 0] = q[0, 1, 1] = q[0, 2, 2] = 50.0
+    content = torch.tensor([[False, True, True, False]])
+    s = text_scores(q, k, 1, content, torch.ones(1, 4, dtype=torch.bool))
+    assert s[0].tolist() == pytest.approx([0.0, 1.0, 0.0], abs=1e-4)
+    with_ends = text_scores(
+        q, k, 1, torch.ones(1, 4, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)
+    )
+    assert with_ends[0].tolist() != pytest.approx(s[0].tolist(), abs=1e-2)
+
+
+def test_scores_and_padding_through_the_model(base):
+    branch = _branch(base)
+    _perturb_zero_layers(branch)
+    branch._branch_context.keep_scores = True
+    latents, t, text, masks, attention = _inputs(base, batch=2)
+    with torch.no_grad():
+        branch(latents, t, text, masks, text_key_mask=attention.bool(), return_dict=False)
+    scores = dict(branch._branch_context.last_scores)
+    # The same prompts padded to 90 tokens give the same text scores.
+    tokens = base["tokenizer"](
+        PROMPTS[:2], padding="max_length", max_length=90, return_tensors="pt"
+    )
+    with torch.no_grad():
+        text90 = base["text_encoder"](tokens.input_ids[:, :77])[0]
+        text90 = torch.cat([text90, torch.randn(2, 13, text90.shape[-1])], dim=1)
+        branch(
+            latents, t, text90, masks, text_key_mask=tokens.attention_mask.bool(), return_dict=False
+        )
+    # The first block sees identical pixels in both runs (later blocks differ, because
+    # the plain cross-attention does attend to the extra tokens).
+    torch.testing.assert_close(
+        branch._branch_context.last_scores[0], scores[0], rtol=1e-4, atol=1e-5
+    )
+    assert float(scores[0].max()) == pytest.approx(1.0)
+
+
+def test_gradients_reach_the_new_parts_and_not_the_frozen_base(base):
+    branch = _branch(base)
+    _perturb_zero_layers(branch)
+    latents, t, text, masks, attention = _inputs(base)
+    down, mid = branch(latents, t, text, masks, text_key_mask=attention.bool(), return_dict=False)
+    pred = base["unet"](latents, t, encoder_hidden_states=text,
+                        down_block_additional_residuals=down, mid_block_additional_residual=mid).sample  # fmt: skip
+    F.mse_loss(pred, torch.randn_like(pred)).backward()
+    grads = dict(branch.named_parameters())
+    for name in (
+        "taam_lambda",
+        "controlnet_cond_embedding.weighting.mlp.0.weight",
+        "controlnet_cond_embedding.weighting.mlp.4.weight",
+        "controlnet_cond_embedding.conv_in.weight",  # Em
+        "controlnet_cond_embedding.blur_embedding.conv_in.weight",  # Em'
+        "blur_reinjection.0.weight",
+    ):
+        grad = grads[name].grad
+        assert grad is not None and float(grad.abs().sum()) > 0, name
+    assert all(p.grad is None for p in base["unet"].parameters())
+    assert all(p.grad is None for p in base["text_encoder"].parameters())
+
+
+def test_token_grid():
+    assert token_grid(64, (8, 8)) == (8, 8)
+    assert token_grid(4, (8, 8)) == (2, 2)
+    assert token_grid(24, (7, 11)) == (4, 6)  # ceil division, as diffusers down-samples
+    with pytest.raises(ValueError):
+        token_grid(7, (8, 8))
+
+
+def test_pipeline_is_seeded_per_image_and_batched(base):
+    pipe = CCISPipeline(controlnet=_branch(base), **base)
+    masks = [render_phantom(0, 0, i, 64, 64).mask for i in range(2)]
+    both = pipe(PROMPTS[:2], masks, num_inference_steps=3, seed=[5, 6], progress=False)
+    alone = pipe(PROMPTS[1], masks[1], num_inference_steps=3, seed=6, progress=False)
+    assert both.shape == (2, 64, 64, 3) and both.min() >= 0 and both.max() <= 1
+    np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
+    images = pipe(PROMPTS[0], masks[0], num_inference_steps=3, output_type="pil", progress=False)
+    assert images[0].size == (64, 64)
+    with pytest.raises(ValueError, match="2 prompts but 3 masks"):
+        pipe(PROMPTS[:2], masks + masks[:1], num_inference_steps=1, progress=False)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        pipe(PROMPTS[0], np.zeros((60, 64), np.uint8), num_inference_steps=1, progress=False)
+
+
+def test_pipeline_runs_a_plain_controlnet_too(base):
+    plain = ControlNetModel.from_unet(base["unet"], conditioning_channels=1,
+                                      conditioning_embedding_out_channels=TINY_CONDITIONING_CHANNELS)  # fmt: skip
+    pipe = CCISPipeline(controlnet=plain, **base)
+    out = pipe(PROMPTS[0], np.zeros((64, 64), np.uint8), num_inference_steps=2, progress=False)
+    assert out.shape == (1, 64, 64, 3)
+
+
+def test_masks_to_tensor_accepts_common_forms():
+    m = render_phantom(0, 0, 0, 64, 64).mask
+    from_uint8 = masks_to_tensor([m])
+    assert from_uint8.shape == (1, 1, 64, 64) and set(from_uint8.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(masks_to_tensor([m > 0]), from_uint8)
+    torch.testing.assert_close(masks_to_tensor(torch.tensor(m / 255.0)), from_uint8)
+    assert masks_to_tensor([m], size=(32, 32)).shape == (1, 1, 32, 32)
+    with pytest.raises(ValueError, match="H×W"):
+        masks_to_tensor([np.zeros((2, 3, 4))])
+
+
+def test_sd15_loader_reads_a_diffusers_folder(base, tmp_path):
+    from transformers import CLIPTokenizer  # noqa: F401 - the folder keeps our tokenizer
+
+    folder = tmp_path / "sd"
+    StableDiffusionPipeline(**base, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(folder)  # fmt: skip
+    loaded = load_sd15(folder)
+    assert set(loaded) == {"vae", "text_encoder", "tokenizer", "unet", "scheduler"}
+    assert type(loaded["scheduler"]).__name__ == "DDIMScheduler"
+    torch.testing.assert_close(loaded["unet"].conv_in.weight, base["unet"].conv_in.weight)
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        load_sd15(tmp_path)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_sd15(tmp_path / "v1-5-pruned.safetensors")
+
+
+def test_control_works_after_a_short_overfit(base):
+    """Train the branch on 4 pairs; generating with a pair's mask versus another mask
+    changes the image where the two masks differ, far more than chance."""
+    torch.manual_seed(0)
+    samples = [render_phantom(1, 0, i, 64, 64) for i in range(4)]
+    prompts = ["the polyp is red , round and smooth"] * 4
+    vae, encoder, unet, scheduler = (
+        base["vae"],
+        base["text_encoder"],
+        base["unet"],
+        base["scheduler"],
+    )
+    branch = _branch(base)
+    images = torch.tensor(np.stack([s.image for s in samples])).permute(0, 3, 1, 2) / 127.5 - 1
+    masks = masks_to_tensor([s.mask for s in samples])
+    tokens = base["tokenizer"](prompts, padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+        text = encoder(tokens.input_ids)[0]
+    optimizer = torch.optim.AdamW(branch.parameters(), lr=1e-3)
+    for _ in range(250):
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (4,))
+        noisy = scheduler.add_noise(latents, noise, t)
+        down, mid = branch(noisy, t, text, masks, text_key_mask=tokens.attention_mask.bool(),
+                           return_dict=False)  # fmt: skip
+        pred = unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid).sample  # fmt: skip
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.6
+    pipe = CCISPipeline(controlnet=branch, **base)
+    kwargs = {"num_inference_steps": 20, "guidance_scale": 1.0, "seed": [7] * 4, "progress": False}
+    own = pipe(prompts, [s.mask for s in samples], **kwargs)
+    other = pipe(prompts, [samples[(i + 1) % 4].mask for i in range(4)], **kwargs)
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+    scores, chances = [], []
+    for i in range(4):
+        changed = np.abs(own[i] - other[i]).mean(axis=-1)
+        differ = (samples[i].mask > 0) ^ (samples[(i + 1) % 4].mask > 0)
+        region = changed > np.quantile(changed, 1 - differ.mean())
+        rng = np.random.default_rng(i)
+        chances.append(
+            np.mean([dice(rng.random(differ.shape) < differ.mean(), differ) for _ in range(50)])
+        )
+        scores.append(dice(region, differ))
+    assert np.mean(scores) > 1.5 * np.mean(chances), (scores, chances)
