@@ -312,3 +312,16 @@ def test_control_works_after_a_short_overfit(base):
         )
         scores.append(dice(region, differ))
     assert np.mean(scores) > 1.5 * np.mean(chances), (scores, chances)
+
+
+def test_separable_blur_equals_the_2d_gaussian():
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    from ccis.diffusion.bmws import blur_mask
+
+    mask = masks_to_tensor([render_phantom(0, 0, 0, 64, 64).mask])
+    sigma = 0.05 * 64
+    radius = int(np.ceil(3 * sigma))
+    full = gaussian_blur(mask, kernel_size=[2 * radius + 1] * 2, sigma=[sigma, sigma])
+    torch.testing.assert_close(blur_mask(mask, 0.05), full, atol=1e-6, rtol=1e-5)
+    assert float(blur_mask(mask, 0.05).min()) >= 0 and 0 < float(blur_mask(mask, 0.05).max()) <= 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 from torch import nn
 from torchvision.transforms.v2.functional import gaussian_blur
@@ -25,7 +26,11 @@ def blur_mask(mask: torch.Tensor, sigma_fraction: float) -> torch.Tensor:
     radius = max(1, math.ceil(3.0 * sigma))
     # Keep the kernel inside the image: reflect padding needs size < 2 × side.
     radius = min(radius, min(mask.shape[-2:]) - 1)
-    return gaussian_blur(mask, kernel_size=[2 * radius + 1] * 2, sigma=[sigma, sigma])
+    size = 2 * radius + 1
+    # A Gaussian is separable: blurring along x, then y, equals the 2-D blur at
+    # 2·size instead of size² multiply-adds per pixel (17× less at 512², σ = 15).
+    along_x = gaussian_blur(mask, kernel_size=[size, 1], sigma=[sigma, sigma])
+    return gaussian_blur(along_x, kernel_size=[1, size], sigma=[sigma, sigma])
 
 
 class BlurWeighting(nn.Module):
@@ -68,12 +73,50 @@ class MaskConditioningEmbedding(ControlNetConditioningEmbedding):
         )
         self.weighting = BlurWeighting(conditioning_embedding_channels)
         self.context = None  # set by the owning model: any object with ``blur_feature``
+        self._cache: tuple | None = None
 
     def forward(self, conditioning: torch.Tensor) -> torch.Tensor:
-        mask_embedding = super().forward(conditioning)
+        # While sampling, every denoising step passes the same mask tensor: embed it once.
+        # The cache holds the input itself, so identity and version prove it unchanged.
+        cache = self._cache
+        if torch.is_grad_enabled():
+            self._cache = cache = None
+        elif cache is not None and cache[0] is conditioning and cache[1] == conditioning._version:
+            if self.context is not None:
+                self.context.blur_feature = cache[3]
+            return cache[2]
+        out, feature = self._embed(conditioning)
+        if not torch.is_grad_enabled():
+            self._cache = (conditioning, conditioning._version, out, feature)
+        return out
+
+    def _embed(self, conditioning: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         blurred = blur_mask(conditioning, self.blur_sigma)
-        blur_embedding = self.blur_embedding(blurred)
+        mask_embedding, blur_embedding = self._both_embeddings(conditioning, blurred)
         feature = self.weighting(mask_embedding, blur_embedding) * blur_embedding
         if self.context is not None:
             self.context.blur_feature = feature
-        return mask_embedding + feature
+        return mask_embedding + feature, feature
+
+    def _both_embeddings(
+        self, mask: torch.Tensor, blurred: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Em(M)`` and ``Em'(σ(M))`` in one pass of grouped convolutions.
+
+        Each layer stacks the two encoders' weights and convolves with ``groups=2``: the
+        same arithmetic as running them one after the other (the weights stay separate
+        parameters), at half the operator count, which is what small masks pay for.
+        """
+        pairs = [(self.conv_in, self.blur_embedding.conv_in)]
+        pairs += list(zip(self.blocks, self.blur_embedding.blocks, strict=True))
+        x = torch.cat([mask, blurred], dim=1)
+        for own, other in pairs:
+            x = F.silu(self._grouped(x, own, other))
+        x = self._grouped(x, self.conv_out, self.blur_embedding.conv_out)
+        return x.chunk(2, dim=1)
+
+    @staticmethod
+    def _grouped(x: torch.Tensor, own: nn.Conv2d, other: nn.Conv2d) -> torch.Tensor:
+        weight = torch.cat([own.weight, other.weight])
+        bias = torch.cat([own.bias, other.bias])
+        return F.conv2d(x, weight, bias, own.stride, own.padding, groups=2)

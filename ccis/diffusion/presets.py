@@ -20,7 +20,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>"
 # The tiny preset's branch conditioning embedding: 3 stride-2 steps = the VAE's 8×.
-TINY_CONDITIONING_CHANNELS = (8, 16, 32, 32)
+TINY_CONDITIONING_CHANNELS = (4, 8, 16, 32)
 
 
 def sd_scheduler() -> DDIMScheduler:

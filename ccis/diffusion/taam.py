@@ -8,7 +8,8 @@ tokens); ``S`` is its per-image min–max normalisation, and an empty prompt giv
 0``. Self-attention then becomes ``softmax(Qs Ksᵀ/√d + log(1 + λ·S_j))``: a key-side
 bias, handed to ``scaled_dot_product_attention`` as a broadcast float mask (we never
 build an hw×hw tensor), with ``λ = softplus(raw) ≥ 0`` learnable per block and started
-near zero, so training begins as plain ControlNet.
+near zero, so training begins as plain ControlNet. ``S`` itself is computed without
+gradient: it reads the cross-attention, λ decides how much it matters.
 
 After cross-attention, the block adds ``ZeroConv(resize(Fb))``: the cross-attention
 output meets the blur-mask embedding again before the next ResNet block (the BMWS
@@ -17,7 +18,6 @@ switch owns this part, since it needs ``Fb``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -50,18 +50,18 @@ def text_scores(
     """
     batch, n, channels = query.shape
     d = channels // heads
-    q = query.float().view(batch, n, heads, d).transpose(1, 2)
+    # Fold 1/√d into the queries; mask padding keys with an additive bias.
+    q = (query.float() * d**-0.5).view(batch, n, heads, d).transpose(1, 2)
     k = key.float().view(batch, key.shape[1], heads, d).transpose(1, 2)
-    logits = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, heads, N, L), L is ~77
+    logits = q @ k.transpose(-1, -2)  # (B, heads, N, L), L is ~77
     if key_mask is not None:
-        logits = logits.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
-    probs = logits.softmax(dim=-1).mean(dim=1)  # (B, N, L)
-    score = (probs * content_mask[:, None, :].float()).sum(dim=-1)  # (B, N)
-    low = score.amin(dim=1, keepdim=True)
-    high = score.amax(dim=1, keepdim=True)
-    scaled = ((score - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
-    has_text = content_mask.any(dim=1, keepdim=True)
-    return torch.where(has_text, scaled, torch.zeros_like(scaled))
+        logits = logits + torch.where(key_mask.bool(), 0.0, float("-inf"))[:, None, None, :]
+    weights = content_mask.float()[:, None, :, None]  # (B, 1, L, 1)
+    score = (logits.softmax(dim=-1) @ weights).mean(dim=1)[..., 0]  # (B, N)
+    low, high = torch.aminmax(score, dim=1, keepdim=True)
+    scaled = ((score - low) / (high - low).clamp_min(1e-6)).clamp_(0.0, 1.0)
+    # An empty prompt (no content token) gives S = 0 everywhere.
+    return scaled * content_mask.any(dim=1, keepdim=True)
 
 
 @dataclass
@@ -124,13 +124,17 @@ class TextAwareSelfAttnProcessor:
         if attention_mask is not None or encoder_hidden_states is not None:
             raise ValueError("TAAM self-attention supports plain self-attention blocks only")
         cross = self.cross_attn
-        scores = text_scores(
-            cross.to_q(hidden_states),
-            cross.to_k(ctx.encoder_hidden_states),
-            cross.heads,
-            ctx.content_mask,
-            ctx.key_mask,
-        )
+        # S is an analysis of the current cross-attention, not a path to train it: no
+        # gradient flows through it (λ still learns through the bias), which keeps the
+        # score's N×L probabilities out of the backward pass.
+        with torch.no_grad():
+            scores = text_scores(
+                cross.to_q(hidden_states),
+                cross.to_k(ctx.encoder_hidden_states),
+                cross.heads,
+                ctx.content_mask,
+                ctx.key_mask,
+            )
         if ctx.keep_scores:
             ctx.last_scores[self.index] = scores.detach()
         bias = torch.log1p(ctx.lambdas[self.index] * scores).to(hidden_states.dtype)
