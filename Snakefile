@@ -12,10 +12,12 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/caption.smk"
+include: "rules/generator.smk"
 
 
 rule all:
     input:
         manifests=all_manifests(),
         triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
+        synthetic=expand(f"{RESULTS}/synthetic/{{generator}}.parquet", generator=GENERATORS),
     default_target: True

@@ -41,8 +41,9 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_caption(args: argparse.Namespace) -> None:
-    from ccis.caption.stage import caption_manifest, parse_shard
+    from ccis.caption.stage import caption_manifest
     from ccis.caption.tokens import TokenCounter
+    from ccis.common.shards import parse_shard
 
     shard = parse_shard(args.shard)
     if args.captioner == "llama":
@@ -75,10 +76,76 @@ def _cmd_caption(args: argparse.Namespace) -> None:
     )
 
 
-def _cmd_gather_captions(args: argparse.Namespace) -> None:
-    from ccis.caption.stage import gather_triplets
+def _cmd_gather(args: argparse.Namespace) -> None:
+    from ccis.common.shards import gather_parts
 
-    gather_triplets(args.parts, args.out)
+    gather_parts(args.parts, args.out)
+
+
+def _cmd_bootstrap(args: argparse.Namespace) -> None:
+    from ccis.generator.bootstrap import BootstrapSettings, bootstrap_base
+
+    _threads(args.threads)
+    settings = BootstrapSettings(
+        vae_steps=args.vae_steps,
+        unet_steps=args.unet_steps,
+        batch_size=args.batch_size,
+        resolution=args.resolution,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    bootstrap_base(args.triplets, args.out, args.work, settings)
+
+
+def _cmd_train_generator(args: argparse.Namespace) -> None:
+    from ccis.generator.train import TrainSettings, train_branch
+
+    _threads(args.threads)
+    settings = TrainSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        gradient_accumulation=args.gradient_accumulation,
+        checkpoint_every=args.checkpoint_every,
+        validate_every=args.validate_every,
+        empty_prompt_probability=args.empty_prompt_probability,
+        resolution=args.resolution,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        seed=args.seed,
+        blur_sigma=args.blur_sigma,
+    )
+    channels = tuple(int(c) for c in args.conditioning_channels.split(","))
+    train_branch(args.generator, args.triplets, args.base, args.out, args.work, settings, channels)
+
+
+def _cmd_synthesize(args: argparse.Namespace) -> None:
+    from ccis.common.shards import parse_shard
+    from ccis.generator.synthesize import synthesize
+
+    _threads(args.threads)
+    synthesize(
+        args.generator,
+        args.base,
+        args.branch,
+        args.triplets,
+        args.out,
+        args.images,
+        shard=parse_shard(args.shard),
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+
+
+def _threads(count: int | None) -> None:
+    """Use ``count`` CPU threads for torch (the rule's ``threads``)."""
+    if count:
+        import torch
+
+        torch.set_num_threads(count)
 
 
 def _cmd_tiny_gguf(args: argparse.Namespace) -> None:
@@ -173,10 +240,73 @@ def build_parser() -> argparse.ArgumentParser:
     lam.add_argument("--llama-cache", type=Path, help="folder caching answers by content hash")
     cap.set_defaults(func=_cmd_caption)
 
-    gather = sub.add_parser("gather-captions", help="join caption shards into one triplets file")
+    gather = sub.add_parser("gather", help="join a sharded stage's Parquet parts into one file")
     gather.add_argument("--out", required=True, type=Path)
     gather.add_argument("parts", nargs="+", type=Path)
-    gather.set_defaults(func=_cmd_gather_captions)
+    gather.set_defaults(func=_cmd_gather)
+
+    boot = sub.add_parser(
+        "bootstrap", help="train the tiny preset's base text-to-image model from scratch"
+    )
+    boot.add_argument("--triplets", required=True, type=Path)
+    boot.add_argument("--out", required=True, type=Path, help="diffusers folder to write")
+    boot.add_argument("--work", required=True, type=Path, help="checkpoint folder (resume)")
+    boot.add_argument("--vae-steps", type=int, default=600)
+    boot.add_argument("--unet-steps", type=int, default=1500)
+    boot.add_argument("--batch-size", type=int, default=16)
+    boot.add_argument("--resolution", type=int, default=64)
+    boot.add_argument("--checkpoint-every", type=int, default=250)
+    boot.add_argument("--seed", type=int, default=0)
+    boot.add_argument("--threads", type=int, default=None)
+    boot.set_defaults(func=_cmd_bootstrap)
+
+    from ccis.generator.train import GENERATORS
+
+    tg = sub.add_parser(
+        "train-generator",
+        help="train a generator's branch on the frozen base (resumes from checkpoints)",
+        description="Multi-GPU: accelerate launch -m ccis.cli train-generator ...",
+    )
+    tg.add_argument("--generator", required=True, choices=GENERATORS)
+    tg.add_argument("--triplets", required=True, type=Path)
+    tg.add_argument(
+        "--base", required=True, help="SD v1.5 folder, hub id, file, or bootstrap output"
+    )
+    tg.add_argument("--out", required=True, type=Path, help="diffusers folder for the branch")
+    tg.add_argument("--work", required=True, type=Path, help="checkpoints, loss log, validation")
+    tg.add_argument("--steps", type=int, required=True)
+    tg.add_argument("--batch-size", type=int, default=4)
+    tg.add_argument("--learning-rate", type=float, default=1e-5)
+    tg.add_argument("--gradient-accumulation", type=int, default=1)
+    tg.add_argument("--checkpoint-every", type=int, default=100)
+    tg.add_argument("--validate-every", type=int, default=0)
+    tg.add_argument("--empty-prompt-probability", type=float, default=0.5)
+    tg.add_argument("--resolution", type=int, default=512)
+    tg.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    tg.add_argument("--gradient-checkpointing", action="store_true")
+    tg.add_argument("--blur-sigma", type=float, default=0.03)
+    tg.add_argument("--conditioning-channels", default="16,32,96,256")
+    tg.add_argument("--seed", type=int, default=0)
+    tg.add_argument("--threads", type=int, default=None)
+    tg.set_defaults(func=_cmd_train_generator)
+
+    syn = sub.add_parser(
+        "synthesize", help="generate one synthetic image per training mask (one shard)"
+    )
+    syn.add_argument("--generator", required=True, choices=GENERATORS)
+    syn.add_argument("--base", required=True)
+    syn.add_argument("--branch", required=True, type=Path, help="the trained branch folder")
+    syn.add_argument("--triplets", required=True, type=Path)
+    syn.add_argument("--out", required=True, type=Path, help="manifest part to write")
+    syn.add_argument("--images", required=True, type=Path, help="folder for images/ and masks/")
+    syn.add_argument("--shard", default="0/1")
+    syn.add_argument("--steps", type=int, default=20)
+    syn.add_argument("--guidance-scale", type=float, default=7.0)
+    syn.add_argument("--resolution", type=int, default=512)
+    syn.add_argument("--batch-size", type=int, default=4)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--threads", type=int, default=None)
+    syn.set_defaults(func=_cmd_synthesize)
 
     tiny = sub.add_parser(
         "tiny-gguf", help="write a tiny random-weight LLaMA GGUF (for trying the llama path)"

@@ -111,6 +111,11 @@ def _semantic_problems(config: dict, workdir: Path) -> list[str]:
     ):
         if value and not (Path(value) if Path(value).is_absolute() else workdir / value).exists():
             problems.append(f"{key}: {value!r} does not exist")
+    model = config.get("model", {})
+    if model.get("preset") == "sd15" and not model.get("sd15"):
+        problems.append(
+            "model.sd15: the sd15 preset needs a Stable Diffusion v1.5 folder, id or file"
+        )
     return problems
 
 

@@ -47,4 +47,4 @@ rule gather_captions:
     conda:
         "../envs/ccis.yaml"
     shell:
-        "ccis gather-captions --out {output} {input} > {log} 2>&1"
+        "ccis gather --out {output} {input} > {log} 2>&1"

@@ -18,11 +18,14 @@ DATA = config["data"]
 SPLITS = {split["name"]: split for split in DATA["splits"]}
 TRAIN = train_split(config)
 CAPTION = config["caption"]
+MODEL = config["model"]
+GENERATORS = config["generators"]
 
 
 wildcard_constraints:
     split="|".join(sorted(SPLITS)),
     shard=r"\d+",
+    generator="|".join(["ccis", "controlnet", "unicontrolnet", "ccis_no_bmws", "ccis_no_taam"]),
 
 
 def all_manifests():
@@ -60,6 +63,60 @@ def caption_model_inputs():
         return []
     llama = CAPTION["llama"]
     return [path for path in (llama["model"], llama["mmproj"]) if path]
+
+
+def base_model():
+    """The frozen base: the bootstrap output (tiny) or your SD v1.5 (sd15)."""
+    if MODEL["preset"] == "tiny":
+        return f"{RESULTS}/models/base"
+    return MODEL["sd15"]
+
+
+def base_inputs():
+    """The base as a DAG input when the workflow makes it (tiny) or it is a local path."""
+    if MODEL["preset"] == "tiny" or Path(str(MODEL["sd15"])).exists():
+        return [base_model()]
+    return []  # a hub id in the local cache
+
+
+def model_args():
+    return " ".join(
+        [
+            f"--resolution {MODEL['resolution']}",
+            f"--threads {MODEL['threads']}",
+        ]
+    )
+
+
+def train_args():
+    train = config["train"]
+    args = [
+        "--steps", train["steps"],
+        "--batch-size", train["batch_size"],
+        "--learning-rate", train["learning_rate"],
+        "--gradient-accumulation", train["gradient_accumulation"],
+        "--checkpoint-every", train["checkpoint_every"],
+        "--validate-every", train["validate_every"],
+        "--empty-prompt-probability", train["empty_prompt_probability"],
+        "--mixed-precision", train["mixed_precision"],
+        "--blur-sigma", train["blur_sigma"],
+        "--seed", train["seed"],
+        "--conditioning-channels", ",".join(str(c) for c in MODEL["conditioning_channels"]),
+    ]
+    if train["gradient_checkpointing"]:
+        args.append("--gradient-checkpointing")
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def synthesis_args():
+    synthesis = config["synthesis"]
+    args = [
+        "--steps", synthesis["steps"],
+        "--guidance-scale", synthesis["guidance_scale"],
+        "--batch-size", synthesis["batch_size"],
+        "--seed", synthesis["seed"],
+    ]
+    return " ".join(shlex.quote(str(a)) for a in args)
 
 
 def prepare_args(split):

@@ -85,6 +85,11 @@ def micro_workdir(tmp_path: Path) -> Path:
         "    - {name: centre2, role: test, phantom: {count: 2, centre: 2}}\n"
         "    - {name: centre3, role: test, phantom: {count: 2, centre: 3}}\n"
         "caption: {shards: 2}\n"
+        "model: {preset: tiny, resolution: 32, conditioning_channels: [4, 4, 4, 4], threads: 1}\n"
+        "bootstrap: {vae_steps: 3, unet_steps: 3, batch_size: 2, checkpoint_every: 2}\n"
+        "generators: [ccis, controlnet]\n"
+        "train: {steps: 3, batch_size: 2, checkpoint_every: 2, validate_every: 3}\n"
+        "synthesis: {steps: 2, shards: 2, batch_size: 4}\n"
         "resources: {prepare_threads: 1}\n"
     )
     return tmp_path

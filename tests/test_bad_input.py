@@ -114,7 +114,7 @@ def test_rgba_and_16bit_masks_are_converted(tmp_path):
     manifest = _prepare(tmp_path, root)
     table = pd.read_parquet(manifest).set_index("id")
     assert "RGBA mask: alpha channel dropped" in table.loc["kvasir-a", "notes"]
-    assert "scaled to 8 bits" in table.loc["kvasir-b", "notes"]
+    assert "scaled by its peak (65535)" in table.loc["kvasir-b", "notes"]
     assert "taken from its alpha channel" in table.loc["kvasir-c", "notes"]
     expected = disc_mask() > 0
     for pair_id in ("kvasir-a", "kvasir-b", "kvasir-c"):
@@ -267,3 +267,25 @@ def test_killed_run_leaves_no_manifest_and_rerun_cleans_up(tmp_path):
     prepare_split("train", out, phantom=spec)
     assert not list(out.glob(".train*tmp-*"))  # ...are removed by the next run
     assert len(pd.read_parquet(out / "train.parquet")) == 3
+
+
+def test_coloured_and_12bit_masks_keep_their_polyp(tmp_path):
+    root = _dataset(tmp_path)
+    red = np.zeros((40, 48, 3), np.uint8)
+    red[..., 0] = disc_mask()  # a pure red mask: its channel mean is only 85
+    save(root / "masks" / "a.png", red)
+    save(root / "masks" / "b.png", (disc_mask().astype(np.uint16) // 255) * 4095)  # 12-bit
+    table = pd.read_parquet(_prepare(tmp_path, root)).set_index("id")
+    expected = (disc_mask() > 0).sum()
+    for pair_id in ("kvasir-a", "kvasir-b"):
+        mask = np.asarray(Image.open(tmp_path / "out" / table.loc[pair_id, "mask"]))
+        assert (mask > 0).sum() == expected, pair_id
+
+
+def test_mask_that_thresholding_would_empty_is_refused(tmp_path):
+    root = _dataset(tmp_path)
+    save(root / "masks" / "a.png", (disc_mask() // 255 * 60).astype(np.uint8))  # 0/60 levels
+    with pytest.raises(
+        DatasetError, match=r"masks/a\.png: mask has non-zero pixels but none reaches 128"
+    ):
+        _prepare(tmp_path, root)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ccis.caption.stage import caption_manifest, gather_triplets, parse_shard
+from ccis.caption.stage import caption_manifest
 from ccis.caption.template import TemplateCaptioner
 from ccis.caption.tokens import TokenCounter
+from ccis.common.shards import gather_parts, parse_shard
 from ccis.data.prepare import PhantomSpec, prepare_split
 
 
@@ -28,7 +29,7 @@ def test_shards_gather_to_the_single_run(tmp_path, manifest):
         for i in range(3)
     ]
     assert [len(pd.read_parquet(p)) for p in parts] == [3, 2, 2]
-    joined = gather_triplets(parts, out / "train.parquet")
+    joined = gather_parts(parts, out / "train.parquet")
     a, b = pd.read_parquet(whole), pd.read_parquet(joined)
     pd.testing.assert_frame_equal(a, b)
 
@@ -56,7 +57,7 @@ def test_overlapping_shards_are_refused(tmp_path, manifest):
         manifest, tmp_path / "p0.parquet", TemplateCaptioner(), TokenCounter(), shard=(0, 2)
     )
     with pytest.raises(ValueError, match="overlap"):
-        gather_triplets([part, part], tmp_path / "all.parquet")
+        gather_parts([part, part], tmp_path / "all.parquet")
 
 
 def test_missing_image_is_named(tmp_path, manifest):

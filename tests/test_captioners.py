@@ -91,8 +91,10 @@ def test_fit_caption_shortens_then_cuts(attrs):
     assert not cut and n_full <= 77
     short, n_short, cut = fit_caption(lambda d: cap.caption("x", a, None, d), count, n_full - 1)
     assert not cut and n_short < n_full
-    tiny, n_tiny, cut = fit_caption(lambda d: cap.caption("x", a, None, d), count, 10)
-    assert cut and n_tiny <= 10 and "cut" in tiny.notes
+    for budget in (8, 10, 13):
+        tiny, n_tiny, cut = fit_caption(lambda d: cap.caption("x", a, None, d), count, budget)
+        assert cut and n_tiny <= budget and "cut" in tiny.notes
+        assert tiny.text.endswith(".") and not tiny.text.endswith("..")
 
 
 def test_check_answer(attrs):
@@ -105,6 +107,9 @@ def test_check_answer(attrs):
     assert any("does not name the measured colour" in p for p in problems)
     assert any("other colours: pale" in p for p in problems)
     assert any("texture" in p for p in check_answer(dict(good, texture="x"), a))
+    # "red" inside "covered" is not the colour red.
+    covered = dict(good, caption="A round smooth flat polyp covered in mucus, against pink mucosa.")
+    assert any("does not name the measured colour" in p for p in check_answer(covered, a))
 
 
 @pytest.fixture(scope="module")

@@ -95,6 +95,7 @@ def test_switches_change_the_modules_and_survive_save_load(base, tmp_path):
     assert float(full.taam_lambdas().detach().max()) < 0.05  # starts near plain attention
     no_taam, no_bmws = _branch(base, taam=False), _branch(base, bmws=False)
     assert no_taam.taam_lambdas() is None and not hasattr(no_bmws, "blur_reinjection")
+    assert not hasattr(no_taam, "blur_reinjection")  # re-injection belongs to TAAM too
     _perturb_zero_layers(full)
     full.save_pretrained(tmp_path / "branch")
     assert sorted(p.name for p in (tmp_path / "branch").iterdir()) == [
@@ -325,3 +326,24 @@ def test_separable_blur_equals_the_2d_gaussian():
     full = gaussian_blur(mask, kernel_size=[2 * radius + 1] * 2, sigma=[sigma, sigma])
     torch.testing.assert_close(blur_mask(mask, 0.05), full, atol=1e-6, rtol=1e-5)
     assert float(blur_mask(mask, 0.05).min()) >= 0 and 0 < float(blur_mask(mask, 0.05).max()) <= 1
+
+
+def test_mask_embedding_cache_follows_inputs_and_weights(base):
+    from PIL import Image
+
+    branch = _branch(base)
+    _perturb_zero_layers(branch)
+    embedding = branch.controlnet_cond_embedding
+    masks = masks_to_tensor([render_phantom(0, 0, 0, 64, 64).mask])
+    with torch.no_grad():
+        first = embedding(masks)
+        assert embedding(masks) is first  # cached while sampling
+        embedding.conv_out.weight.add_(0.1)  # as an optimiser step or weight load would
+        changed = embedding(masks)
+    assert not torch.equal(first, changed)
+    with torch.inference_mode():
+        embedding(masks)  # inference tensors carry no version counter: no cache, no crash
+    pipe = CCISPipeline(controlnet=branch, **base)
+    mask = Image.fromarray(render_phantom(0, 0, 1, 64, 64).mask)
+    out = pipe(PROMPTS[0], mask, num_inference_steps=2, seed=np.int64(3), progress=False)
+    assert out.shape == (1, 64, 64, 3)

@@ -35,6 +35,24 @@ def test_pranet_train_split_separates_kvasir_and_clinicdb(tmp_path):
     _check_normalised(manifest, table)
 
 
+def test_pranet_test_subset_is_named_after_its_folder(tmp_path):
+    root = tmp_path / "TestDataset" / "CVC-300"
+    write_pairs(root / "images", root / "masks", ["149"])
+    _, table = _import(tmp_path, "pranet", root)
+    assert list(table["id"]) == ["cvc-300-149"]
+
+
+def test_prefixed_layout_reports_masks_without_the_prefix(tmp_path):
+    root = tmp_path / "ETIS"
+    write_pairs(
+        root / "ETIS-LaribPolypDB", root / "GroundTruth", ["1"], ".tif", ".tif", mask_prefix="p"
+    )
+    save(root / "GroundTruth" / "2.tif", disc_mask())
+    pairs, problems = discover("etis", root)
+    assert [p.id for p in pairs] == ["etis-1"]
+    assert "does not start with 'p'" in str(problems[0]) and "2.tif" in str(problems[0])
+
+
 def test_pranet_test_subset_with_name(tmp_path):
     root = tmp_path / "TestDataset" / "CVC-300"
     write_pairs(root / "images", root / "masks", ["149", "150"])

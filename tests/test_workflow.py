@@ -28,8 +28,20 @@ def test_micro_dag_prepares_every_split_then_does_nothing(micro_workdir):
     assert not list((results / "captions").glob("*.part*"))  # shards are temporary
     again = snakemake(micro_workdir, "--cores", "2")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # The generator stages: a base, one branch per generator, a synthetic set each.
+    assert (results / "models" / "base" / "model_index.json").is_file()
+    for generator in ("ccis", "controlnet"):
+        model = results / "models" / generator
+        assert (model / "diffusion_pytorch_model.safetensors").is_file()
+        assert (model / "loss.csv").is_file() and (model / "loss.png").is_file()
+        synthetic = pd.read_parquet(results / "synthetic" / f"{generator}.parquet")
+        assert (
+            len(synthetic) == 6 and synthetic["id"].str.startswith(f"synthetic-{generator}-").all()
+        )
+        first = synthetic.iloc[0]
+        assert (results / "synthetic" / first["image"]).is_file()
     # -R caption re-runs the captioning (its shards and the gather), not prepare.
-    rerun = snakemake(micro_workdir, "--cores", "2", "-R", "caption")
+    rerun = snakemake(micro_workdir, "--cores", "2", "-R", "caption", "--until", "gather_captions")
     log = rerun.stdout + rerun.stderr
     assert "rule caption" in log and "rule gather_captions" in log and "rule prepare" not in log
 
@@ -50,7 +62,11 @@ def test_fake_pranet_split_through_configfile(micro_workdir):
         "      role: test\n"
         "      sources: [{format: pranet, root: datasets/TestDataset/CVC-300, name: cvc300}]\n"
     )
-    snakemake(micro_workdir, "--cores", "1", "--configfile", "fake.yaml")
+    # Targets first: --configfile takes every value that follows it.
+    snakemake(
+        micro_workdir, "out/data/train.parquet", "out/data/endoscene.parquet",
+        "--cores", "1", "--configfile", "fake.yaml",
+    )  # fmt: skip
     train = pd.read_parquet(micro_workdir / "out" / "data" / "train.parquet")
     assert sorted(train["id"]) == ["clinicdb-1", "clinicdb-2", "kvasir-cjuA"]
     test_table = pd.read_parquet(micro_workdir / "out" / "data" / "endoscene.parquet")
@@ -71,7 +87,15 @@ def test_workflow_is_lint_clean():
 def test_every_subcommand_has_help(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse API
-    assert {"prepare", "contact-sheet", "check-config"} <= set(commands)
+    assert {
+        "prepare",
+        "contact-sheet",
+        "check-config",
+        "gather",
+        "bootstrap",
+        "train-generator",
+        "synthesize",
+    } <= set(commands)
     for name in commands:
         with pytest.raises(SystemExit) as info:
             main([name, "--help"])

@@ -77,6 +77,9 @@ def _components(mask: np.ndarray, min_area: float) -> tuple[np.ndarray, list[int
     """Label map, labels of polyp-sized components (largest first), and their stats."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    if not keep and n > 1:
+        # Only small blobs: the largest is still a (small) polyp, not "no polyp".
+        keep = [1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
     keep.sort(key=lambda i: -stats[i, cv2.CC_STAT_AREA])
     return labels, keep, stats
 

@@ -13,6 +13,7 @@ everything that determines them, so a re-run does not generate again.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -119,7 +120,8 @@ def check_answer(answer: dict, attributes: Attributes) -> list[str]:
         if answer.get(key) != measured:
             problems.append(f"{key} {answer.get(key)!r} but measured {measured!r}")
     lowered = polyp_clause(caption).lower()
-    if not any(word in lowered for word in COLOUR_WORDS[attributes.colour]):
+    named = (re.search(rf"\b{re.escape(w)}\b", lowered) for w in COLOUR_WORDS[attributes.colour])
+    if not any(named):
         problems.append(f"caption does not name the measured colour {attributes.colour!r}")
     conflicts = colour_conflicts(attributes.colour, caption)
     if conflicts:
@@ -195,8 +197,12 @@ class LlamaCaptioner:
             ]
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
 
-    def _cache_key(self, attributes: Attributes, image_png: bytes | None, drop: int) -> str:
+    def _cache_key(
+        self, pair_id: str, attributes: Attributes, image_png: bytes | None, drop: int
+    ) -> str:
+        # The pair id is part of the key: its sampling seed and any fallback text are its own.
         parts = {
+            "pair": pair_id,
             "model": self.model_id,
             "mmproj": self.mmproj_id,
             "messages": self._messages(attributes, None, drop),
@@ -214,7 +220,7 @@ class LlamaCaptioner:
         drop: int = 0,
     ) -> Caption:
         """Caption one pair (from the cache when the same request was answered before)."""
-        key = self._cache_key(attributes, image_png, drop)
+        key = self._cache_key(pair_id, attributes, image_png, drop)
         cached = self.cache_dir / f"{key}.json" if self.cache_dir else None
         if cached is not None and cached.is_file():
             return Caption(**json.loads(cached.read_text()))
@@ -229,13 +235,18 @@ class LlamaCaptioner:
         messages = self._messages(attributes, image_png, drop)
         schema = answer_schema(attributes)
         problems: list[str] = []
+        # Each pair samples with its own seed: pairs with equal measurements still get
+        # different phrasings, and a pair's answer does not depend on the order of pairs.
+        pair_seed = int.from_bytes(
+            hashlib.sha256(f"{self.seed}:{pair_id}".encode()).digest()[:4], "little"
+        )
         for attempt in range(self.retries):
             out = self.llm.create_chat_completion(
                 messages=messages,
                 response_format={"type": "json_object", "schema": schema},
                 max_tokens=self.max_new_tokens,
                 temperature=self.temperature,
-                seed=self.seed + attempt,
+                seed=(pair_seed + attempt) % 2**31,
             )
             choice = out["choices"][0]
             raw = choice["message"]["content"] or ""

@@ -1,7 +1,7 @@
 """The caption stage: a split's manifest → image–mask–text triplets (Parquet).
 
 Captioning is sharded: shard ``i`` of ``n`` takes every ``n``-th pair (by id), so shards
-are balanced and independent, and ``gather_triplets`` joins them. Image and mask paths in
+are balanced and independent, and ``ccis gather`` joins them. Image and mask paths in
 the triplets are relative to the triplets file's folder, like the manifests'.
 """
 
@@ -13,36 +13,15 @@ from pathlib import Path
 
 import cv2
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ccis.caption.attributes import measure_attributes
 from ccis.caption.base import Captioner
 from ccis.caption.tokens import CLIP_CONTEXT, TokenCounter, fit_caption
-from ccis.common.atomic import atomic_path
+from ccis.common.shards import write_table
 from ccis.data.manifest import read_manifest
 
 log = logging.getLogger(__name__)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``I/N`` (0 ≤ I < N)."""
-    index, sep, total = text.partition("/")
-    try:
-        i, n = int(index), int(total)
-    except ValueError:
-        i, n = -1, 0
-    if not sep or not 0 <= i < n:
-        raise ValueError(f"shard must read I/N with 0 <= I < N, got {text!r}")
-    return i, n
-
-
-def _write_table(frame: pd.DataFrame, out: Path) -> Path:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
-    return out
 
 
 def caption_manifest(
@@ -110,18 +89,6 @@ def caption_manifest(
         log.warning("%d caption(s) had to be cut to %d tokens", cut, max_tokens)
     if fallbacks:
         log.warning("%d caption(s) fell back from %s to the template", fallbacks, captioner.name)
-    _write_table(pd.DataFrame(rows), out)
+    write_table(pd.DataFrame(rows), out)
     log.info("wrote %d triplets to %s", len(rows), out)
-    return out
-
-
-def gather_triplets(parts: list[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Join caption shards into one triplets file (sorted by id, ids unique)."""
-    frames = [pd.read_parquet(p) for p in parts]
-    frame = pd.concat(frames, ignore_index=True).sort_values("id").reset_index(drop=True)
-    dupes = frame["id"][frame["id"].duplicated()].tolist()
-    if dupes:
-        raise ValueError(f"caption shards overlap: ids {dupes[:10]} appear more than once")
-    out = _write_table(frame, Path(out))
-    log.info("gathered %d shard(s), %d triplets, into %s", len(parts), len(frame), out)
     return out

@@ -60,10 +60,11 @@ def fit_caption(
         n = count(caption.text)
         if n <= max_tokens:
             return caption, n, False
-    words = caption.text.split()
-    while words and count(" ".join(words)) > max_tokens:
+    words = caption.text.rstrip(".").split()
+    # The closing full stop is a token too: fit the words with it.
+    while words and count(" ".join(words).rstrip(",;.") + ".") > max_tokens:
         words.pop()
-    text = " ".join(words).rstrip(",;") + "."
+    text = " ".join(words).rstrip(",;.") + "."
     log.warning("caption cut to %d tokens: %r", max_tokens, text)
     cut = Caption(text, caption.captioner, (caption.notes + "; " if caption.notes else "") + "cut")
     return cut, count(text), True

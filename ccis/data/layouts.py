@@ -56,7 +56,7 @@ class Layout:
 def _pranet_source(default: str, stem: str) -> str:
     # PraNet's TrainDataset mixes Kvasir-SEG (hash-like names) and CVC-ClinicDB
     # (numbered frames); keep them apart so ids stay unique and traceable.
-    if default != "pranet":
+    if default != "pranet-train":
         return default
     return "clinicdb" if stem.isdigit() else "kvasir"
 
@@ -170,6 +170,11 @@ def discover(
     layout, image_dir, mask_dir, prefix = resolve_layout(fmt, root)
     real_root = Path(os.path.realpath(root))
     default_source = source or layout.source
+    if fmt == "pranet" and not source:
+        # TrainDataset is split into its two sources by name; a TestDataset/<name> folder
+        # is named after itself (CVC-300 -> cvc-300), as its numbered files would clash.
+        is_train = root.name.lower() == "traindataset"
+        default_source = "pranet-train" if is_train else make_id(root.name.lower(), "")[:-1]
     problems: list[Problem] = []
 
     def index(paths: list[Path], strip: str) -> dict[str, Path]:
@@ -186,6 +191,12 @@ def discover(
             stem = path.stem
             if strip:
                 if not stem.startswith(strip):
+                    problems.append(
+                        Problem(
+                            path,
+                            f"mask name does not start with {strip!r}, as this layout's masks do",
+                        )
+                    )
                     continue
                 stem = stem[len(strip) :]
             by_stem.setdefault(stem, []).append(path)

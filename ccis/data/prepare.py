@@ -35,13 +35,20 @@ EMPTY_MASKS = ("keep", "drop", "error")
 class DatasetError(ValueError):
     """Problems with a data set, every offending file listed."""
 
-    def __init__(self, split: str, problems: Sequence[Problem | str]):
+    def __init__(
+        self, split: str, problems: Sequence[Problem | str], duplicates_only: bool = False
+    ):
         self.problems = [str(p) for p in problems]
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
             f"split {split!r}: {len(self.problems)} problem(s) in the input data:\n{lines}\n"
-            "Fix or remove these files, or set data.on_bad_pair: skip to leave them out "
-            "(each is then logged)."
+            "Fix or remove these files"
+            + (
+                ""
+                if duplicates_only
+                else ", or set data.on_bad_pair: skip to leave them out (each is then logged)"
+            )
+            + "."
         )
 
 
@@ -230,7 +237,9 @@ def prepare_split(
                     rows.append(result)
         duplicates = [p for p in problems if p.reason.startswith(("duplicate id", "several files"))]
         if problems and (on_bad_pair == "error" or duplicates):
-            raise DatasetError(split, duplicates if on_bad_pair == "skip" else problems)
+            if on_bad_pair == "skip":
+                raise DatasetError(split, duplicates, duplicates_only=True)
+            raise DatasetError(split, problems)
         for problem in problems:
             log.warning("skipped %s", problem)
 
@@ -252,6 +261,9 @@ def prepare_split(
         if not rows:
             raise DatasetError(split, ["no usable image–mask pairs"])
         rows.sort(key=lambda r: r["id"])
+        # The old manifest goes before the new folder replaces the old one: a kill in
+        # between leaves no manifest, never one describing other files.
+        manifest.unlink(missing_ok=True)
 
     write_manifest(rows, manifest)
     log.info("wrote %d pairs to %s and %s", len(rows), out / split, manifest)

@@ -110,9 +110,10 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     """Decode a segmentation mask as uint8 in {0, 255}.
 
     Handling, each reported in the notes:
-    - colour masks (RGB, or RGBA whose colour carries the mask) use the channel mean;
-      an RGBA mask with constant colour uses its alpha channel;
-    - 16-bit masks are scaled to 8 bits; 0/1-valued masks are scaled to 0/255;
+    - colour masks (RGB, palette, or RGBA whose colour carries the mask) use the brightest
+      channel; an RGBA mask with constant colour uses its alpha channel;
+    - 16-bit masks are scaled by their peak to 8 bits; 0/1-valued masks to 0/255;
+    - a mask with non-zero pixels that thresholding would empty is refused;
     - grey levels (JPEG noise, resampled edges) are thresholded at 128, as the
       reference evaluation code does; a mask that is mostly grey is refused.
     """
@@ -123,7 +124,7 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
         arr = np.asarray(img)
-        colour = arr[..., :-1].astype(np.float64).mean(axis=2)
+        colour = arr[..., :-1].astype(np.float64).max(axis=2)
         alpha = arr[..., -1]
         if np.ptp(colour) == 0 and np.ptp(alpha) > 0:
             gray = alpha.astype(np.float64)
@@ -136,14 +137,21 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         if not (
             np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2])
         ):
-            notes.append("colour mask: channels averaged")
-        gray = arr.mean(axis=2)
+            notes.append("colour mask: brightest channel used")
+        # The brightest channel: a pure red or palette-coloured mask keeps its polyp.
+        gray = arr.max(axis=2)
     elif img.mode == "1":
         gray = np.asarray(img.convert("L")).astype(np.float64)
+    elif img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Masks with more than 8 bits: scale by their own peak, so 12-bit (0/4095) or
+        # 16-bit (0/65535) masks both become 0/255.
+        gray = np.asarray(img, dtype=np.float64)
+        peak = float(gray.max()) if gray.size else 0.0
+        if peak > 255:
+            gray = gray * (255.0 / peak)
+            notes.append(f"{img.mode} mask scaled by its peak ({peak:.0f}) to 8 bits")
     else:
-        arr, more = _to_array(img)
-        notes += more
-        gray = arr.astype(np.float64)
+        gray = np.asarray(img).astype(np.float64)
     if gray.size and gray.max() == 1:
         gray = gray * 255.0
         notes.append("0/1-valued mask scaled to 0/255")
@@ -158,4 +166,10 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
             )
         notes.append(f"non-binary mask ({fraction:.2%} grey pixels) thresholded at 128")
     binary = np.where(gray >= MASK_THRESHOLD, 255, 0).astype(np.uint8)
+    if gray.max() > 0 and not binary.any():
+        raise PairError(
+            path,
+            f"mask has non-zero pixels but none reaches {MASK_THRESHOLD} (peak {gray.max():.0f}): "
+            "thresholding would empty it",
+        )
     return Decoded(binary, notes)

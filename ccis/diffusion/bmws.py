@@ -77,17 +77,23 @@ class MaskConditioningEmbedding(ControlNetConditioningEmbedding):
 
     def forward(self, conditioning: torch.Tensor) -> torch.Tensor:
         # While sampling, every denoising step passes the same mask tensor: embed it once.
-        # The cache holds the input itself, so identity and version prove it unchanged.
+        # The key holds the input itself (identity + version prove it unchanged) and the
+        # weights' versions (an optimiser step or load_state_dict changes them).
+        if torch.is_grad_enabled() or conditioning.is_inference():
+            self._cache = None
+            return self._embed(conditioning)[0]
+        versions = tuple(p._version for p in self.parameters())
         cache = self._cache
-        if torch.is_grad_enabled():
-            self._cache = cache = None
-        elif cache is not None and cache[0] is conditioning and cache[1] == conditioning._version:
+        if (
+            cache is not None
+            and cache[0] is conditioning
+            and cache[1] == (conditioning._version, versions)
+        ):
             if self.context is not None:
                 self.context.blur_feature = cache[3]
             return cache[2]
         out, feature = self._embed(conditioning)
-        if not torch.is_grad_enabled():
-            self._cache = (conditioning, conditioning._version, out, feature)
+        self._cache = (conditioning, (conditioning._version, versions), out, feature)
         return out
 
     def _embed(self, conditioning: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ loads as a diffusers folder (``config.json`` + safetensors).
 from __future__ import annotations
 
 import inspect
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ from ccis.diffusion.taam import (
     content_token_mask,
 )
 
+log = logging.getLogger(__name__)
+
 _OWN_DEFAULTS = {"bmws": True, "taam": True, "blur_sigma": 0.03, "taam_lambda_init": -4.0}
 
 
@@ -49,6 +52,7 @@ def _init(self, *, bmws=True, taam=True, blur_sigma=0.03, taam_lambda_init=-4.0,
     kwargs.setdefault("conditioning_channels", 1)
     ControlNetModel.__init__(self, **kwargs)
     self._branch_context = BranchContext()
+    self._warned_no_mask = False
     channels = self.config.block_out_channels[0]
     if bmws:
         self.controlnet_cond_embedding = MaskConditioningEmbedding(
@@ -62,27 +66,35 @@ def _init(self, *, bmws=True, taam=True, blur_sigma=0.03, taam_lambda_init=-4.0,
     if taam and blocks:
         # softplus(-4) ≈ 0.018: the bias starts close to zero, as plain self-attention.
         self.taam_lambda = nn.Parameter(torch.full((len(blocks),), float(taam_lambda_init)))
-    if bmws and blocks:
+    if bmws and taam and blocks:
+        # The paper re-injects Fb after cross-attention as part of TAAM (§2.2.3); it needs
+        # BMWS's Fb, so it exists only with both switches on.
         self.blur_reinjection = nn.ModuleList(
             _zero_conv(channels, block.attn2.to_out[0].out_features) for block in blocks
         )
     self.install_processors()
 
 
-# diffusers reads a model's config keys from its __init__ signature. Ours is the
-# parent's plus four switches: declare that signature instead of copying ~35 arguments.
-_init.__signature__ = inspect.Signature(
-    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    + [
+def derived_signature(own_defaults: dict) -> inspect.Signature:
+    """``ControlNetModel.__init__``'s signature plus keyword-only ``own_defaults``.
+
+    diffusers reads a model's config keys from its ``__init__`` signature; a subclass
+    that adds a few switches declares this signature instead of copying ~35 arguments.
+    """
+    parent = [
         p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
         for name, p in inspect.signature(ControlNetModel.__init__).parameters.items()
         if name != "self"
     ]
-    + [
+    own = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
-        for name, value in _OWN_DEFAULTS.items()
+        for name, value in own_defaults.items()
     ]
-)
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return inspect.Signature([self_param, *parent, *own])
+
+
+_init.__signature__ = derived_signature(_OWN_DEFAULTS)
 
 
 class CCISControlNetModel(ControlNetModel):
@@ -139,7 +151,7 @@ class CCISControlNetModel(ControlNetModel):
         for index, block in enumerate(self.transformer_blocks()):
             if self.config.taam:
                 block.attn1.set_processor(TextAwareSelfAttnProcessor(index, block.attn2, ctx))
-            if self.config.bmws:
+            if self.config.bmws and self.config.taam:
                 block.attn2.set_processor(
                     BlurReinjectionProcessor(index, self.blur_reinjection[index], ctx)
                 )
@@ -169,6 +181,12 @@ class CCISControlNetModel(ControlNetModel):
         ctx = self._branch_context
         batch, length = encoder_hidden_states.shape[:2]
         if text_key_mask is None:
+            if self.config.taam and not self._warned_no_mask:
+                log.warning(
+                    "no text_key_mask given: every token counts as real, so padding tokens "
+                    "count as prompt content in TAAM's text score (CCISPipeline passes it)"
+                )
+                self._warned_no_mask = True
             text_key_mask = torch.ones(batch, length, dtype=torch.bool, device=sample.device)
         if text_token_mask is None:
             text_token_mask = content_token_mask(text_key_mask)

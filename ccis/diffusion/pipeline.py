@@ -10,6 +10,7 @@ batch it was drawn in.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,7 +30,9 @@ def masks_to_tensor(
     size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Masks (H×W, any of uint8 0/255, bool, 0/1 floats, PIL) → (B, 1, H, W) in {0, 1}."""
-    if isinstance(masks, torch.Tensor | np.ndarray) and masks.ndim == 2:
+    if isinstance(masks, Image.Image) or (
+        isinstance(masks, torch.Tensor | np.ndarray) and masks.ndim == 2
+    ):
         masks = [masks]
     out = []
     for mask in masks:
@@ -145,7 +148,12 @@ class CCISPipeline(DiffusionPipeline):
             raise ValueError(
                 f"image size {height}×{width} must be a multiple of {self.vae_scale_factor}"
             )
-        seeds = [seed + i for i in range(batch)] if isinstance(seed, int) else list(seed)
+        if isinstance(seed, numbers.Integral):
+            seeds = [int(seed) + i for i in range(batch)]
+        else:
+            seeds = [int(s) for s in seed]
+        if len(seeds) != batch:
+            raise ValueError(f"{batch} images but {len(seeds)} seeds")
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
         embeddings, attention = self.encode_prompts(prompts)

@@ -12,8 +12,8 @@ near zero, so training begins as plain ControlNet. ``S`` itself is computed with
 gradient: it reads the cross-attention, λ decides how much it matters.
 
 After cross-attention, the block adds ``ZeroConv(resize(Fb))``: the cross-attention
-output meets the blur-mask embedding again before the next ResNet block (the BMWS
-switch owns this part, since it needs ``Fb``).
+output meets the blur-mask embedding again before the next ResNet block. The paper
+describes this with TAAM, and it needs BMWS's ``Fb``: it is on when both switches are.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Generator stages: bootstrap the tiny base, train branches, synthesize data sets."""

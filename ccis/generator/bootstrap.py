@@ -1,0 +1,168 @@
+"""Bootstrap the tiny preset's base text-to-image model from scratch on the triplets.
+
+No pretrained Stable Diffusion can be downloaded for the CPU demo, so the tiny preset
+trains its own small base: a word-level tokenizer on the captions, then the VAE
+(reconstruction + a small KL term), then the text encoder and UNet together
+(ε-prediction, 10% empty prompts so classifier-free guidance has an unconditional
+model). The result is a ``StableDiffusionPipeline`` folder, which ``load_sd15`` and
+``StableDiffusionPipeline.from_pretrained`` read like the real SD v1.5. Checkpoints
+every N steps make a killed run resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ccis.common.atomic import atomic_dir
+from ccis.diffusion.presets import tiny_components
+from ccis.generator.checkpoints import resume_from, save_checkpoint
+from ccis.generator.data import TripletData, batch_indices
+from ccis.generator.provenance import claim, fingerprint
+from ccis.generator.train import step_generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """Step counts and hyper-parameters of the tiny base's training."""
+
+    vae_steps: int = 600
+    unet_steps: int = 1500
+    batch_size: int = 16
+    vae_learning_rate: float = 1e-3
+    unet_learning_rate: float = 5e-4
+    empty_prompt_probability: float = 0.1
+    resolution: int = 64
+    checkpoint_every: int = 250
+    seed: int = 0
+
+
+def _state(models: dict, optimizers: dict):
+    """Checkpoint writer and loader for named models (safetensors) and optimizers."""
+
+    def write(folder: Path) -> None:
+        for name, model in models.items():
+            tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+            save_file(tensors, folder / f"{name}.safetensors")
+        for name, optimizer in optimizers.items():
+            torch.save(optimizer.state_dict(), folder / f"{name}.pt")
+
+    def load(folder: Path) -> None:
+        for name, model in models.items():
+            model.load_state_dict(load_file(folder / f"{name}.safetensors"))
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(torch.load(folder / f"{name}.pt", weights_only=True))
+
+    return write, load
+
+
+def bootstrap_base(
+    triplets: str | os.PathLike,
+    out: str | os.PathLike,
+    work: str | os.PathLike,
+    settings: BootstrapSettings,
+) -> Path:
+    """Train the tiny base on ``triplets`` and save it as a diffusers folder at ``out``."""
+    from diffusers import StableDiffusionPipeline
+
+    torch.manual_seed(settings.seed)
+    data = TripletData(triplets, settings.resolution)
+    parts = tiny_components(
+        data.captions + [""], image_size=settings.resolution, seed=settings.seed
+    )
+    vae, unet, text_encoder = parts["vae"], parts["unet"], parts["text_encoder"]
+    tokenizer, scheduler = parts["tokenizer"], parts["scheduler"]
+    total = settings.vae_steps + settings.unet_steps
+    log.info(
+        "bootstrapping the tiny base on %d triplets from %s: vocabulary %d words, %d VAE steps, "
+        "%d UNet steps, batch %d", len(data), triplets, len(tokenizer), settings.vae_steps,
+        settings.unet_steps, settings.batch_size,
+    )  # fmt: skip
+    work = Path(work)
+    claim(work, fingerprint(asdict(settings), [Path(triplets)]))
+    vae_opt = torch.optim.AdamW(vae.parameters(), lr=settings.vae_learning_rate)
+    gen_opt = torch.optim.AdamW(
+        [*unet.parameters(), *text_encoder.parameters()], lr=settings.unet_learning_rate
+    )
+    models = {"vae": vae, "unet": unet, "text_encoder": text_encoder}
+
+    write, load = _state(models, {"vae_optimizer": vae_opt, "unet_optimizer": gen_opt})
+    start = resume_from(work / "checkpoints", load)
+    scale = _latent_scale(vae, data, settings) if start > settings.vae_steps else None
+    for step in tqdm(
+        range(start, total), initial=start, total=total, desc="bootstrap", mininterval=2
+    ):
+        g = step_generator(settings.seed, step)
+        images, _, captions = data.batch(
+            batch_indices(step, settings.batch_size, len(data), settings.seed)
+        )
+        if step < settings.vae_steps:
+            posterior = vae.encode(images).latent_dist
+            recon = vae.decode(posterior.sample(generator=g)).sample
+            loss = F.l1_loss(recon, images) + 1e-6 * posterior.kl().mean()
+            vae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            vae_opt.step()
+        else:
+            if scale is None:
+                scale = _latent_scale(vae, data, settings)
+            with torch.no_grad():
+                latents = vae.encode(images).latent_dist.sample(generator=g) * scale
+            drop = torch.rand(len(captions), generator=g) < settings.empty_prompt_probability
+            prompts = ["" if d else c for d, c in zip(drop.tolist(), captions, strict=True)]
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids  # fmt: skip
+            noise = torch.randn(latents.shape, generator=g)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(prompts),), generator=g)
+            pred = unet(
+                scheduler.add_noise(latents, noise, t),
+                t,
+                encoder_hidden_states=text_encoder(ids)[0],
+            ).sample
+            loss = F.mse_loss(pred, noise)
+            gen_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gen_opt.step()
+        done = step + 1
+        if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < total:
+            save_checkpoint(work / "checkpoints", done, write)
+        if done in (settings.vae_steps, total) or done % 250 == 0:
+            log.info(
+                "step %d/%d (%s): loss %.4f",
+                done,
+                total,
+                "vae" if done <= settings.vae_steps else "unet",
+                loss.item(),
+            )
+
+    vae.register_to_config(
+        scaling_factor=float(scale if scale is not None else _latent_scale(vae, data, settings))
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp)
+    log.info("wrote the tiny base to %s", out)
+    return out
+
+
+@torch.no_grad()
+def _latent_scale(vae, data: TripletData, settings: BootstrapSettings) -> float:
+    """1 / std of the latents, as SD's scaling factor makes latents unit-variance."""
+    batch = batch_indices(0, min(len(data), 64), len(data), settings.seed)
+    images, _, _ = data.batch(batch)
+    std = float(vae.encode(images).latent_dist.mean.std())
+    return 1.0 / max(std, 1e-3)

@@ -1,0 +1,279 @@
+"""Train a generator's branch on the frozen base: the paper's loop for every generator.
+
+ε-prediction MSE at uniform timesteps, half of the prompts replaced by "" (paper §2.2.4),
+AdamW; frozen VAE, text encoder and UNet (cast to the mixed-precision dtype), the branch
+in fp32 under autocast. Accelerate runs it on one CPU, one GPU or (``accelerate launch``)
+several, with gradient accumulation; checkpoints every N steps resume automatically, and
+every randomness is a function of (seed, step), so a resumed run continues the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ccis.common.atomic import atomic_dir
+from ccis.diffusion.model import CCISControlNetModel
+from ccis.diffusion.pipeline import CCISPipeline
+from ccis.diffusion.presets import load_sd15
+from ccis.diffusion.unicontrolnet import UniControlNetAdapter
+from ccis.generator.checkpoints import resume_from, save_checkpoint
+from ccis.generator.data import TripletData, batch_indices
+from ccis.generator.provenance import claim, fingerprint
+
+log = logging.getLogger(__name__)
+
+GENERATORS = ("ccis", "controlnet", "unicontrolnet", "ccis_no_bmws", "ccis_no_taam")
+
+
+def build_branch(kind: str, unet, conditioning_channels: tuple[int, ...], blur_sigma: float = 0.03):
+    """The trainable branch of generator ``kind`` for ``unet``."""
+    switches = {
+        "ccis": (True, True),
+        "controlnet": (False, False),
+        "ccis_no_bmws": (False, True),
+        "ccis_no_taam": (True, False),
+    }
+    if kind == "unicontrolnet":
+        return UniControlNetAdapter.from_unet(
+            unet, condition_channels=max(16, conditioning_channels[-1] // 4),
+            conditioning_embedding_out_channels=conditioning_channels,
+        )  # fmt: skip
+    if kind not in switches:
+        raise ValueError(f"unknown generator {kind!r}; known: {', '.join(GENERATORS)}")
+    bmws, taam = switches[kind]
+    # ControlNet is the same class with both switches off: numerically diffusers' model.
+    return CCISControlNetModel.from_unet(
+        unet, bmws=bmws, taam=taam, blur_sigma=blur_sigma,
+        conditioning_embedding_out_channels=conditioning_channels,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyper-parameters of branch training (paper: AdamW 1e-5, batch 4)."""
+
+    steps: int
+    batch_size: int = 4
+    learning_rate: float = 1e-5
+    gradient_accumulation: int = 1
+    checkpoint_every: int = 100
+    validate_every: int = 0
+    empty_prompt_probability: float = 0.5
+    resolution: int = 512
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    blur_sigma: float = 0.03
+
+
+def step_generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from ``key`` (seed, step, ...): randomness by position."""
+    state = np.random.SeedSequence(list(key)).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _dtype(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def train_branch(
+    kind: str,
+    triplets: str | os.PathLike,
+    base: str | os.PathLike,
+    out: str | os.PathLike,
+    work: str | os.PathLike,
+    settings: TrainSettings,
+    conditioning_channels: tuple[int, ...] = (16, 32, 96, 256),
+) -> Path:
+    """Train generator ``kind`` and save its branch to ``out`` (a diffusers folder).
+
+    ``work`` keeps checkpoints, the loss log and validation images between runs.
+    """
+    from accelerate import Accelerator
+
+    work = Path(work)
+    stamp = {"kind": kind, **asdict(settings), "channels": list(conditioning_channels)}
+    claim(work, fingerprint(stamp, [Path(triplets), Path(base)]))
+    accelerator = Accelerator(
+        mixed_precision=settings.mixed_precision,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+    )
+    device = accelerator.device
+    weight_dtype = _dtype(settings.mixed_precision)
+    parts = load_sd15(base)
+    for name in ("vae", "text_encoder", "unet"):
+        parts[name].requires_grad_(False).to(device, weight_dtype).eval()
+    torch.manual_seed(settings.seed)
+    branch = build_branch(kind, parts["unet"], conditioning_channels, settings.blur_sigma)
+    if settings.gradient_checkpointing:
+        branch.enable_gradient_checkpointing()
+    branch.train()
+    optimizer = torch.optim.AdamW(branch.parameters(), lr=settings.learning_rate)
+    branch, optimizer = accelerator.prepare(branch, optimizer)
+    data = TripletData(triplets, settings.resolution)
+    log.info(
+        "training %s on %d triplets from %s (base %s): %d steps, batch %d × %d accumulation × %d "
+        "processes, lr %g, %s precision",
+        kind, len(data), triplets, base, settings.steps, settings.batch_size,
+        settings.gradient_accumulation, accelerator.num_processes, settings.learning_rate,
+        settings.mixed_precision,
+    )  # fmt: skip
+
+    checkpoints = work / "checkpoints"
+    start = resume_from(checkpoints, accelerator.load_state)
+    loss_log = work / "loss.csv"
+    _trim_loss_log(loss_log, start)
+    vae, unet, text_encoder = parts["vae"], parts["unet"], parts["text_encoder"]
+    tokenizer, scheduler = parts["tokenizer"], parts["scheduler"]
+    scaling = vae.config.scaling_factor
+    rank, world = accelerator.process_index, accelerator.num_processes
+    is_ccis = isinstance(accelerator.unwrap_model(branch), CCISControlNetModel)
+
+    progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
+                    desc=f"train {kind}", disable=not accelerator.is_main_process)  # fmt: skip
+    for step in progress:
+        total = 0.0
+        for micro in range(settings.gradient_accumulation):
+            global_micro = step * settings.gradient_accumulation + micro
+            indices = batch_indices(
+                global_micro, settings.batch_size * world, len(data), settings.seed
+            )
+            images, masks, captions = data.batch(indices[rank::world])
+            g = step_generator(settings.seed, global_micro, rank)
+            drop = torch.rand(len(captions), generator=g) < settings.empty_prompt_probability
+            prompts = ["" if d else c for d, c in zip(drop.tolist(), captions, strict=True)]
+            tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt")  # fmt: skip
+            with torch.no_grad():
+                posterior = vae.encode(images.to(device, weight_dtype)).latent_dist
+                latents = posterior.sample(generator=g) * scaling
+                text = text_encoder(tokens.input_ids.to(device))[0]
+            noise = torch.randn(latents.shape, generator=g).to(device, latents.dtype)
+            timesteps = torch.randint(
+                0, scheduler.config.num_train_timesteps, (len(prompts),), generator=g
+            ).to(device)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            extra = {"text_key_mask": tokens.attention_mask.bool().to(device)} if is_ccis else {}
+            with accelerator.accumulate(branch), accelerator.autocast():
+                down, mid = branch(
+                    noisy, timesteps, text, masks.to(device), return_dict=False, **extra
+                )
+                pred = unet(
+                    noisy, timesteps, encoder_hidden_states=text,
+                    down_block_additional_residuals=[r.to(weight_dtype) for r in down],
+                    mid_block_additional_residual=mid.to(weight_dtype),
+                ).sample  # fmt: skip
+                loss = F.mse_loss(pred.float(), noise.float())
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += loss.detach().item() / settings.gradient_accumulation
+        done = step + 1
+        if accelerator.is_main_process:
+            _append_loss(loss_log, done, total)
+            progress.set_postfix(loss=f"{total:.4f}")
+        if (
+            settings.checkpoint_every
+            and done % settings.checkpoint_every == 0
+            and done < settings.steps
+        ):
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(checkpoints, done, accelerator.save_state)
+        if (
+            settings.validate_every
+            and done % settings.validate_every == 0
+            and accelerator.is_main_process
+        ):
+            _validate(
+                accelerator.unwrap_model(branch),
+                parts,
+                data,
+                work / "validation" / f"step-{done}.png",
+            )
+
+    accelerator.wait_for_everyone()
+    out = Path(out)
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(branch)
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            shutil.copy(loss_log, tmp / "loss.csv")
+            plot_loss(loss_log, tmp / "loss.png", kind)
+        log.info("wrote %s", out)
+    return out
+
+
+def _append_loss(path: Path, step: int, loss: float) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["step", "loss"])
+        writer.writerow([step, f"{loss:.6f}"])
+
+
+def _trim_loss_log(path: Path, step: int) -> None:
+    """Drop loss rows after ``step`` (written by a killed run after its last checkpoint)."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+
+
+def plot_loss(csv_path: Path, png: Path, title: str) -> None:
+    """Plot a loss log (raw and smoothed) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frame = pd.read_csv(csv_path)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(frame["step"], frame["loss"], alpha=0.3, label="loss")
+    window = max(1, len(frame) // 20)
+    ax.plot(
+        frame["step"],
+        frame["loss"].rolling(window, min_periods=1).mean(),
+        label=f"mean of {window}",
+    )
+    ax.set(xlabel="step", ylabel="ε-prediction MSE", title=f"{title} training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def _validate(branch, parts: dict, data: TripletData, png: Path, count: int = 4) -> None:
+    """Sample a few training masks with their captions into a PNG grid (mask | image)."""
+    branch.eval()
+    pipe = CCISPipeline(controlnet=branch, **parts)
+    indices = list(range(min(count, len(data))))
+    masks = [data.pixels(i)[1] * 255 for i in indices]
+    images = pipe([data.captions[i] for i in indices], masks, num_inference_steps=20,
+                  guidance_scale=7.0, seed=0, progress=False)  # fmt: skip
+    rows = [np.hstack([np.repeat(m[..., None], 3, axis=2), (img * 255).round().astype(np.uint8)])
+            for m, img in zip(masks, images, strict=True)]  # fmt: skip
+    png.parent.mkdir(parents=True, exist_ok=True)
+    import cv2
+
+    cv2.imwrite(str(png), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+    branch.train()
