@@ -22,8 +22,8 @@ MARKER = "complete"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be used."""
+class CheckpointError(ValueError):
+    """A checkpoint exists but cannot be used (bad input to the resumed run)."""
 
 
 def complete_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:

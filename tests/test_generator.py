@@ -1,0 +1,187 @@
+"""Generator stages: bootstrap, training with kill-and-resume, synthesis with kill-and-resume,
+corrupted checkpoints, Uni-ControlNet."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ccis.caption.stage import caption_manifest
+from ccis.caption.template import TemplateCaptioner
+from ccis.caption.tokens import TokenCounter
+from ccis.data.prepare import PhantomSpec, prepare_split
+from ccis.generator.data import batch_indices
+from conftest import run_env
+
+CHANNELS = "4,4,4,4"
+
+
+@pytest.fixture(scope="module")
+def triplets(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("gen")
+    manifest = prepare_split("train", root / "data", phantom=PhantomSpec(8, 0, 2, 96, 80))
+    out = root / "captions" / "train.parquet"
+    return caption_manifest(manifest, out, TemplateCaptioner(), TokenCounter())
+
+
+@pytest.fixture(scope="module")
+def base(triplets, tmp_path_factory) -> Path:
+    from ccis.generator.bootstrap import BootstrapSettings, bootstrap_base
+
+    root = tmp_path_factory.mktemp("base")
+    settings = BootstrapSettings(
+        vae_steps=2, unet_steps=2, batch_size=2, resolution=32, checkpoint_every=2
+    )
+    return bootstrap_base(triplets, root / "base", root / "work", settings)
+
+
+def test_bootstrap_writes_a_stable_diffusion_folder(base):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.vae.config.scaling_factor != 0.18215  # set from the data's latent spread
+    ids = pipe.tokenizer("the polyp is red", padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77 and ids[0] == pipe.tokenizer.bos_token_id
+
+
+def test_batch_indices_are_seeded_epoch_permutations():
+    first = [i for step in range(5) for i in batch_indices(step, 2, 10, seed=3)]
+    assert sorted(first) == list(range(10))
+    assert first == [i for step in range(5) for i in batch_indices(step, 2, 10, seed=3)]
+    second = [i for step in range(5, 10) for i in batch_indices(step, 2, 10, seed=3)]
+    assert sorted(second) == list(range(10)) and second != first
+
+
+def _train_cmd(triplets, base, out, work, steps=16, generator="ccis"):
+    return [
+        sys.executable, "-m", "ccis.cli", "train-generator", "--generator", generator,
+        "--triplets", str(triplets), "--base", str(base), "--out", str(out), "--work", str(work),
+        "--steps", str(steps), "--batch-size", "2", "--learning-rate", "1e-3",
+        "--checkpoint-every", "4", "--resolution", "32", "--conditioning-channels", CHANNELS,
+        "--threads", "1",
+    ]  # fmt: skip
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.05)
+    raise AssertionError("the process ended before it could be killed")
+
+
+def test_training_resumes_after_sigkill_and_matches_an_uninterrupted_run(triplets, base, tmp_path):
+    straight = subprocess.run(_train_cmd(triplets, base, tmp_path / "a", tmp_path / "wa"),
+                              env=run_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert straight.returncode == 0, straight.stderr
+    cmd = _train_cmd(triplets, base, tmp_path / "b", tmp_path / "wb")
+    proc = subprocess.Popen(
+        cmd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _kill_when(
+        proc, lambda: (tmp_path / "wb" / "checkpoints" / "checkpoint-8" / "complete").is_file()
+    )
+    assert not (tmp_path / "b").exists()
+    resumed = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr and "(step 8)" in resumed.stderr
+    loss = pd.read_csv(tmp_path / "b" / "loss.csv")
+    assert loss["step"].tolist() == list(range(1, 17))  # no step lost, none twice
+    a = load_file(tmp_path / "a" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "b" / "diffusion_pytorch_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    assert any(float(v.abs().max()) > 0 for k, v in a.items() if "controlnet_down_blocks" in k)
+
+
+def test_corrupted_checkpoint_is_a_clear_error(triplets, base, tmp_path):
+    cmd = _train_cmd(triplets, base, tmp_path / "m", tmp_path / "w", steps=8)
+    proc = subprocess.Popen(
+        cmd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _kill_when(
+        proc, lambda: (tmp_path / "w" / "checkpoints" / "checkpoint-4" / "complete").is_file()
+    )
+    weights = next((tmp_path / "w" / "checkpoints" / "checkpoint-4").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    again = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2
+    assert "checkpoint of step 4 is corrupted or unreadable" in again.stderr
+    assert "Traceback" not in again.stderr and not (tmp_path / "m").exists()
+
+
+def test_synthesis_resumes_after_a_kill(triplets, base, tmp_path):
+    train = subprocess.run(_train_cmd(triplets, base, tmp_path / "branch", tmp_path / "w", steps=2),
+                           env=run_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    images = tmp_path / "syn" / "shard0"
+    cmd = [
+        sys.executable, "-m", "ccis.cli", "synthesize", "--generator", "ccis", "--base", str(base),
+        "--branch", str(tmp_path / "branch"), "--triplets", str(triplets),
+        "--out", str(tmp_path / "syn.part0.parquet"), "--images", str(images), "--shard", "0/1",
+        "--steps", "4", "--resolution", "32", "--batch-size", "1", "--threads", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _kill_when(proc, lambda: len(list((images / "images").glob("*.png"))) >= 3)
+    before = {p.name: p.stat().st_mtime_ns for p in (images / "images").glob("*.png")}
+    assert 3 <= len(before) < 8 and not (tmp_path / "syn.part0.parquet").exists()
+    done = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(before)} done before" in done.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in (images / "images").glob("*.png")}
+    assert len(after) == 8 and all(after[name] == mtime for name, mtime in before.items())
+    table = pd.read_parquet(tmp_path / "syn.part0.parquet")
+    assert len(table) == 8 and table["id"].str.startswith("synthetic-ccis-phantom-").all()
+    for row in table.itertuples():
+        image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / row.image))
+        mask = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / row.mask))
+        assert image.shape[:2] == mask.shape == (80, 96) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_uni_controlnet_adapter(base, tmp_path):
+    from ccis.diffusion.presets import load_sd15
+    from ccis.diffusion.unicontrolnet import FDNGroupNorm, UniControlNetAdapter
+    from ccis.generator.train import build_branch
+
+    parts = load_sd15(base)
+    adapter = build_branch("unicontrolnet", parts["unet"], (4, 4, 4, 4))
+    assert isinstance(adapter, UniControlNetAdapter)
+    assert all(isinstance(b.resnets[0].norm1, FDNGroupNorm) for b in adapter.down_blocks)
+    torch.testing.assert_close(adapter.down_blocks[0].resnets[0].norm1.weight,
+                               parts["unet"].down_blocks[0].resnets[0].norm1.weight)  # fmt: skip
+    latents, text = (
+        torch.randn(2, 4, 4, 4),
+        torch.randn(2, 77, parts["unet"].config.cross_attention_dim),
+    )
+    masks = (torch.rand(2, 1, 32, 32) > 0.5).float()
+    down, mid = adapter(latents, torch.tensor([5, 9]), text, masks, return_dict=False)
+    assert all(float(r.detach().abs().max()) == 0 for r in [*down, mid])  # zero start
+    # FDN modulates: with non-zero γ/β, the mask changes the encoder features.
+    with torch.no_grad():
+        for p in adapter.parameters():
+            if p.abs().max() == 0:
+                p.add_(0.05 * torch.randn_like(p))
+        a = adapter(latents, torch.tensor([5, 9]), text, masks, return_dict=False)[1]
+        b = adapter(latents, torch.tensor([5, 9]), text, 1 - masks, return_dict=False)[1]
+    assert not torch.allclose(a, b)
+    adapter.save_pretrained(tmp_path / "uni")
+    loaded = UniControlNetAdapter.from_pretrained(tmp_path / "uni")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(latents, torch.tensor([5, 9]), text, masks, return_dict=False)[1], a
+        )
