@@ -15,12 +15,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir, remove_stale_temporaries
 from ccis.common.hashing import sha256_bytes
+from ccis.common.images import encode_png
 from ccis.data.layouts import Problem, RawPair, discover
 from ccis.data.manifest import mask_statistics, write_manifest
 from ccis.data.phantom import CENTRES, render_phantom
@@ -81,20 +81,11 @@ class PhantomSpec:
     height: int
 
 
-def _encode_png(array: np.ndarray) -> bytes:
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:  # pragma: no cover - OpenCV only fails here on invalid arrays
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
-
-
 def _write_pair(
     folder: Path, split: str, pair_id: str, image: np.ndarray, mask: np.ndarray
 ) -> dict:
     """Write one normalised pair into ``folder`` and return its manifest fields."""
-    image_bytes, mask_bytes = _encode_png(image), _encode_png(mask)
+    image_bytes, mask_bytes = encode_png(image), encode_png(mask)
     (folder / "images" / f"{pair_id}.png").write_bytes(image_bytes)
     (folder / "masks" / f"{pair_id}.png").write_bytes(mask_bytes)
     area, components = mask_statistics(mask)

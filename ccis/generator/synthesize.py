@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ccis.common.atomic import write_bytes_atomic
 from ccis.common.hashing import sha256_bytes
+from ccis.common.images import encode_png
 from ccis.data.manifest import mask_statistics, write_manifest
 from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import load_sd15
@@ -48,15 +49,6 @@ def load_branch(folder: str | os.PathLike):
     if name not in classes:
         raise ValueError(f"{config}: unknown branch class {name!r}")
     return classes[name].from_pretrained(folder)
-
-
-def _encode_png(array: np.ndarray) -> bytes:
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:  # pragma: no cover
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
 
 
 def synthesize(
@@ -130,8 +122,8 @@ def synthesize(
                     (image * 255).round().astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC
                 )
                 # Mask first: an image file present means its pair is complete.
-                write_bytes_atomic(images_dir / "masks" / f"{ids[k]}.png", _encode_png(original))
-                write_bytes_atomic(images_dir / "images" / f"{ids[k]}.png", _encode_png(rgb))
+                write_bytes_atomic(images_dir / "masks" / f"{ids[k]}.png", encode_png(original))
+                write_bytes_atomic(images_dir / "images" / f"{ids[k]}.png", encode_png(rgb))
 
     rows = []
     for k, pair_id in enumerate(ids):
