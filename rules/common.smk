@@ -80,12 +80,7 @@ def base_inputs():
 
 
 def model_args():
-    return " ".join(
-        [
-            f"--resolution {MODEL['resolution']}",
-            f"--threads {MODEL['threads']}",
-        ]
-    )
+    return f"--resolution {MODEL['resolution']}"
 
 
 def train_args():

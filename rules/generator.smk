@@ -27,7 +27,7 @@ rule bootstrap:
         "../envs/ccis.yaml"
     shell:
         "ccis bootstrap --triplets {input.triplets} --out {output} --work {params.work}"
-        " {params.steps} {params.model} > {log} 2>&1"
+        " {params.steps} {params.model} --threads {threads} > {log} 2>&1"
 
 
 rule train_generator:
@@ -55,7 +55,7 @@ rule train_generator:
     shell:
         "ccis train-generator --generator {wildcards.generator} --triplets {input.triplets}"
         " --base {params.base} --out {output} --work {params.work} {params.args} {params.model}"
-        " > {log} 2>&1"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule synthesize:
@@ -79,14 +79,14 @@ rule synthesize:
     resources:
         mem_mb=4000 if MODEL["preset"] == "tiny" else 24000,
         runtime=60 if MODEL["preset"] == "tiny" else 720,
-        gpu=config["train"]["gpus"],
+        gpu=min(1, config["train"]["gpus"]),
     conda:
         "../envs/ccis.yaml"
     shell:
         "ccis synthesize --generator {wildcards.generator} --base {params.base}"
         " --branch {input.branch} --triplets {input.triplets} --out {output}"
         " --images {params.images} --shard {wildcards.shard}/{params.shards}"
-        " {params.args} {params.model} > {log} 2>&1"
+        " {params.args} {params.model} --threads {threads} > {log} 2>&1"
 
 
 rule gather_synthetic:

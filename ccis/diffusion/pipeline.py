@@ -180,12 +180,13 @@ class CCISPipeline(DiffusionPipeline):
             down, mid = self.branch_residuals(
                 model_input, t, embeddings, attention, branch_masks, conditioning_scale
             )
+            # A branch kept in fp32 (training, validation) steers a half-precision UNet.
             noise = self.unet(
                 model_input,
                 t,
                 encoder_hidden_states=embeddings,
-                down_block_additional_residuals=down,
-                mid_block_additional_residual=mid,
+                down_block_additional_residuals=[r.to(self.unet.dtype) for r in down],
+                mid_block_additional_residual=mid.to(self.unet.dtype),
                 return_dict=False,
             )[0]
             if guided:

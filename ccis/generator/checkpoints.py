@@ -52,8 +52,12 @@ def save_checkpoint(
     (tmp / MARKER).write_text(json.dumps({"step": step}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for _, old in complete_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for step_old, old in complete_checkpoints(folder)[:-keep]:
+        # Rename first: a kill during the deletion must not leave a "complete" checkpoint
+        # with missing files (resume_from removes leftover temporaries).
+        doomed = folder / f".checkpoint-{step_old}.tmp"
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 

@@ -21,17 +21,28 @@ STAMP = "provenance.json"
 
 
 def fingerprint(settings: dict, files: list[Path]) -> dict:
-    """What a job's result depends on: its settings and the content of its input files."""
-    hashes = {}
+    """What a job's result depends on: its settings and its input files.
+
+    Files under 64 MiB are hashed; larger ones (model weights of GBs, hashed on every
+    start otherwise) are identified by size and modification time.
+    """
+    inputs = {}
     for path in files:
         path = Path(path)
-        found = (
-            sorted(path.rglob("*.safetensors")) + sorted(path.rglob("*.json"))
-            if path.is_dir()
-            else [path]
-        )
-        hashes[str(path)] = [sha256_file(p) for p in found if p.is_file()]
-    return {"settings": settings, "inputs": hashes}
+        found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        inputs[str(path)] = [
+            [str(p.relative_to(path)) if path.is_dir() else p.name, _identity(p)]
+            for p in found
+            if p.exists()
+        ]
+    return {"settings": settings, "inputs": inputs}
+
+
+def _identity(path: Path) -> str:
+    stat = path.stat()
+    if stat.st_size < 64 << 20:
+        return sha256_file(path)
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def claim(folder: Path, stamp: dict, keep: tuple[str, ...] = ()) -> None:

@@ -88,6 +88,7 @@ def synthesize(
         parts = load_sd15(base)
         model = load_branch(branch)
         pipe = CCISPipeline(controlnet=model.eval(), **parts)
+        pipe.to("cuda" if torch.cuda.is_available() else "cpu")
         pipe.set_progress_bar_config(disable=True)
         for start in tqdm(
             range(0, len(todo), batch_size), desc=f"synthesize {generator}", unit="batch"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ccis.common.atomic import atomic_dir
+from ccis.common.atomic import atomic_dir, atomic_path
 from ccis.diffusion.model import CCISControlNetModel
 from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import load_sd15
@@ -102,12 +102,20 @@ def train_branch(
     from accelerate import Accelerator
 
     work = Path(work)
-    stamp = {"kind": kind, **asdict(settings), "channels": list(conditioning_channels)}
-    claim(work, fingerprint(stamp, [Path(triplets), Path(base)]))
     accelerator = Accelerator(
         mixed_precision=settings.mixed_precision,
         gradient_accumulation_steps=settings.gradient_accumulation,
     )
+    # What the weights depend on: not the step count (raise it to train on), nor how often
+    # we checkpoint or validate; but the number of processes, which orders the data.
+    volatile = ("steps", "checkpoint_every", "validate_every", "gradient_checkpointing")
+    stamp = {k: v for k, v in asdict(settings).items() if k not in volatile}
+    stamp.update(
+        kind=kind, channels=list(conditioning_channels), processes=accelerator.num_processes
+    )
+    if accelerator.is_main_process:
+        claim(work, fingerprint(stamp, [Path(triplets), Path(base)]))
+    accelerator.wait_for_everyone()
     device = accelerator.device
     weight_dtype = _dtype(settings.mixed_precision)
     parts = load_sd15(base)
@@ -132,7 +140,9 @@ def train_branch(
     checkpoints = work / "checkpoints"
     start = resume_from(checkpoints, accelerator.load_state)
     loss_log = work / "loss.csv"
-    _trim_loss_log(loss_log, start)
+    if accelerator.is_main_process:
+        _trim_loss_log(loss_log, start)
+    accelerator.wait_for_everyone()
     vae, unet, text_encoder = parts["vae"], parts["unet"], parts["text_encoder"]
     tokenizer, scheduler = parts["tokenizer"], parts["scheduler"]
     scaling = vae.config.scaling_factor
@@ -177,7 +187,8 @@ def train_branch(
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            total += loss.detach().item() / settings.gradient_accumulation
+            mean = accelerator.reduce(loss.detach(), reduction="mean")  # over processes
+            total += mean.item() / settings.gradient_accumulation
         done = step + 1
         if accelerator.is_main_process:
             _append_loss(loss_log, done, total)
@@ -231,9 +242,9 @@ def _trim_loss_log(path: Path, step: int) -> None:
         path.unlink()
         return
     with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
-    with open(path, "w", newline="") as handle:
+        rows = [r for r in csv.reader(handle) if len(r) == 2]
+    kept = [["step", "loss"]] + [r for r in rows if r[0].isdigit() and int(r[0]) <= step]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         csv.writer(handle).writerows(kept)
 
 
