@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from ccis.data.phantom import LOCATIONS, SIZE_THRESHOLDS
+from ccis.data.phantom import location_name, size_name
 
 # Components smaller than this fraction of the frame are annotation specks, not polyps.
 MIN_POLYP_FRACTION = 0.001
@@ -204,15 +204,9 @@ def measure_attributes(image: np.ndarray, mask: np.ndarray) -> Attributes:
         main = (labels == polyps[0]).astype(np.uint8)
         shape, circularity, solidity, aspect = _shape(main)
         ys, xs = np.nonzero(main)
-        col = min(2, int(xs.mean() / w * 3))
-        row = min(2, int(ys.mean() / h * 3))
-        location = LOCATIONS[row][col]
+        location = location_name(xs.mean() / w, ys.mean() / h)
         area = float(polyp.mean())
-        size = (
-            "small"
-            if area < SIZE_THRESHOLDS[0]
-            else ("medium" if area < SIZE_THRESHOLDS[1] else "large")
-        )
+        size = size_name(area)
         eq_radius = math.sqrt(main.sum() / math.pi)
         core_px = max(1, int(0.15 * eq_radius))
         inner = cv2.erode(main, np.ones((2 * core_px + 1,) * 2, np.uint8)).astype(bool)

@@ -8,10 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ccis.common.atomic import atomic_path
+from ccis.common.shards import write_table
 
 # Columns every manifest has, in order (DESIGN.md §2). Phantom manifests add ``truth``.
 COLUMNS = (
@@ -48,10 +46,7 @@ def write_manifest(rows: list[dict], path: str | os.PathLike) -> Path:
             frame[column] = pd.Series([None] * len(frame), dtype=object)
     extra = [c for c in frame.columns if c not in COLUMNS]
     frame = frame[list(COLUMNS) + extra]
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return path
+    return write_table(frame, path)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
