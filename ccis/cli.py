@@ -328,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.add_argument("--schema", type=Path, default=Path("workflow/schemas/config.schema.yaml"))
     check.set_defaults(func=_cmd_check_config)
+
+    # Later stages keep their sub-commands next to their code.
+    from ccis.metrics import commands as metrics_commands
+    from ccis.report import commands as report_commands
+    from ccis.segmentation import commands as segmentation_commands
+
+    for module in (segmentation_commands, metrics_commands, report_commands):
+        module.add_commands(sub)
     return parser
 
 

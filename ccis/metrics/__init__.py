@@ -1,0 +1,1 @@
+"""Generation metrics: FID, CLIP-score, CLIP-image, attribute agreement, mask fidelity."""

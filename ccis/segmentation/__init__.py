@@ -1,0 +1,1 @@
+"""Downstream segmentation: PraNet and Polyp-PVT trained on real and real+synthetic data."""
