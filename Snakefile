@@ -13,6 +13,9 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/caption.smk"
 include: "rules/generator.smk"
+include: "rules/segmentation.smk"
+include: "rules/metrics.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -20,4 +23,5 @@ rule all:
         manifests=all_manifests(),
         triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
         synthetic=expand(f"{RESULTS}/synthetic/{{generator}}.parquet", generator=GENERATORS),
+        report=f"{RESULTS}/report/index.html",
     default_target: True

@@ -329,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--schema", type=Path, default=Path("workflow/schemas/config.schema.yaml"))
     check.set_defaults(func=_cmd_check_config)
 
+    eff = sub.add_parser(
+        "effective-config", help="write the merged, validated workflow config as YAML"
+    )
+    eff.add_argument("--json", required=True, help="the config as JSON (from Snakemake)")
+    eff.add_argument("--out", required=True, type=Path)
+    eff.set_defaults(func=_cmd_effective_config)
+
     # Later stages keep their sub-commands next to their code.
     from ccis.metrics import commands as metrics_commands
     from ccis.report import commands as report_commands
@@ -337,6 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (segmentation_commands, metrics_commands, report_commands):
         module.add_commands(sub)
     return parser
+
+
+def _cmd_effective_config(args: argparse.Namespace) -> None:
+    import json
+
+    import yaml
+
+    from ccis.common.atomic import atomic_path
+
+    config = json.loads(args.json)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    log.info("wrote the effective workflow config to %s", args.out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -116,7 +116,44 @@ def _semantic_problems(config: dict, workdir: Path) -> list[str]:
         problems.append(
             "model.sd15: the sd15 preset needs a Stable Diffusion v1.5 folder, id or file"
         )
+    problems += _segmentation_problems(config, workdir)
     return problems
+
+
+def _segmentation_problems(config: dict, workdir: Path) -> list[str]:
+    problems = []
+    seg = config.get("segmentation", {})
+    generators = config.get("generators", [])
+    for gen in seg.get("synthetic") or []:
+        if gen not in generators:
+            problems.append(
+                f"segmentation.synthetic: {gen!r} is not in generators ({', '.join(generators)})"
+            )
+    if seg.get("size", 32) % 32:
+        problems.append(f"segmentation.size: {seg['size']} is not a multiple of 32")
+    for name in ("pranet", "polyp_pvt"):
+        file = seg.get(name, {}).get("pretrained_file")
+        if file and not (Path(file) if Path(file).is_absolute() else workdir / file).is_file():
+            problems.append(f"segmentation.{name}.pretrained_file: {file!r} does not exist")
+    judge = config.get("metrics", {}).get("fidelity_segmenter", {})
+    if judge and judge.get("model") not in seg.get("models", []):
+        problems.append(
+            f"metrics.fidelity_segmenter.model: {judge.get('model')!r} is not trained "
+            "(add it to segmentation.models)"
+        )
+    if judge and judge.get("seed") not in seg.get("seeds", []):
+        problems.append(
+            f"metrics.fidelity_segmenter.seed: {judge.get('seed')} is not in segmentation.seeds"
+        )
+    return problems
+
+
+def segmentation_settings(config: dict) -> list[str]:
+    """Training-set settings of Table 3: ``real`` and ``real+<gen>`` per synthetic set."""
+    synthetic = config["segmentation"]["synthetic"]
+    if synthetic is None:
+        synthetic = config["generators"]
+    return ["real", *(f"real+{gen}" for gen in synthetic)]
 
 
 def train_split(config: dict) -> str:

@@ -1,8 +1,9 @@
 # Shared set-up: validate the merged config before any job, expose helpers to rules.
+import json
 import shlex
 from pathlib import Path
 
-from ccis.config import ConfigError, train_split, validate_config
+from ccis.config import ConfigError, segmentation_settings, train_split, validate_config
 
 
 try:
@@ -20,12 +21,20 @@ TRAIN = train_split(config)
 CAPTION = config["caption"]
 MODEL = config["model"]
 GENERATORS = config["generators"]
+TESTS = [split["name"] for split in DATA["splits"] if split["role"] == "test"]
+SEGMENTATION = config["segmentation"]
+SETTINGS = segmentation_settings(config)
+METRICS = config["metrics"]
+REPORT = config["report"]
 
 
 wildcard_constraints:
     split="|".join(sorted(SPLITS)),
     shard=r"\d+",
     generator="|".join(["ccis", "controlnet", "unicontrolnet", "ccis_no_bmws", "ccis_no_taam"]),
+    model="pranet|polyp_pvt",
+    setting=r"real(\+[a-z_]+)?",
+    seed=r"\d+",
 
 
 def all_manifests():
@@ -137,3 +146,59 @@ def prepare_args(split):
             "--max-pixels", DATA["max_pixels"],
         ]
     return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def local_file(path):
+    """``[path]`` when a configured file exists here (a DAG input), else ``[]``."""
+    return [path] if path and Path(str(path)).exists() else []
+
+
+def quoted(args):
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def launcher(command, gpus):
+    """`ccis <command>`, or through `accelerate launch` with one process per GPU."""
+    if gpus > 1:
+        return f"accelerate launch --multi_gpu --num_processes {gpus} -m ccis.cli {command}"
+    return f"ccis {command}"
+
+
+def segmentation_args(model):
+    """Command-line arguments of `ccis train-segmenter` for one model (explicit, no config)."""
+    seg, net = SEGMENTATION, SEGMENTATION[model]
+    args = [
+        "--backbone", net["backbone"],
+        "--epochs", net["epochs"],
+        "--learning-rate", net["learning_rate"],
+        "--weight-decay", net["weight_decay"],
+        "--drop-path-rate", net["drop_path_rate"],
+        "--batch-size", seg["batch_size"],
+        "--size", seg["size"],
+        "--scales", ",".join(str(s) for s in seg["scales"]),
+        "--clip", seg["clip"],
+    ]
+    if net["pretrained_file"]:
+        args += ["--pretrained-file", net["pretrained_file"]]
+    return quoted(args)
+
+
+def segmentation_runs(suffix):
+    """Every Table 3 run's file ``suffix`` (model × setting × seed)."""
+    return expand(
+        f"{RESULTS}/segmentation/{{model}}/{{setting}}/seed{{seed}}/{suffix}",
+        model=SEGMENTATION["models"],
+        setting=SETTINGS,
+        seed=SEGMENTATION["seeds"],
+    )
+
+
+def fidelity_segmenter():
+    """The real-data segmenter that judges the mask fidelity of synthetic images."""
+    judge = METRICS["fidelity_segmenter"]
+    return f"{RESULTS}/segmentation/{judge['model']}/real/seed{judge['seed']}/model"
+
+
+def ablation_generators():
+    """Generators of the Fig. 4 ablation grid (CCIS-Diff and its ablations present)."""
+    return [g for g in ("ccis", "ccis_no_bmws", "ccis_no_taam") if g in GENERATORS]

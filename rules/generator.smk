@@ -41,6 +41,8 @@ rule train_generator:
         work=lambda wildcards: f"{RESULTS}/work/train/{wildcards.generator}",
         args=train_args(),
         model=model_args(),
+        # Several GPUs: one process each through `accelerate launch` (same code path).
+        command=launcher("train-generator", config["train"]["gpus"]),
     log:
         f"{RESULTS}/logs/train_generator/{{generator}}.log",
     benchmark:
@@ -53,7 +55,7 @@ rule train_generator:
     conda:
         "../envs/ccis.yaml"
     shell:
-        "ccis train-generator --generator {wildcards.generator} --triplets {input.triplets}"
+        "{params.command} --generator {wildcards.generator} --triplets {input.triplets}"
         " --base {params.base} --out {output} --work {params.work} {params.args} {params.model}"
         " --threads {threads} > {log} 2>&1"
 

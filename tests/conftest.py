@@ -90,6 +90,10 @@ def micro_workdir(tmp_path: Path) -> Path:
         "generators: [ccis, controlnet]\n"
         "train: {steps: 3, batch_size: 2, checkpoint_every: 2, validate_every: 3}\n"
         "synthesis: {steps: 2, shards: 2, batch_size: 4}\n"
+        "segmentation:\n"
+        "  {size: 64, batch_size: 4, seeds: [0], synthetic: [ccis],\n"
+        "   pranet: {backbone: resnet10t, epochs: 1}, polyp_pvt: {backbone: pvt_v2_b0, epochs: 1}}\n"
+        "report: {grid_masks: 2, grid_prompts: 2}\n"
         "resources: {prepare_threads: 1}\n"
     )
     return tmp_path

@@ -1,0 +1,169 @@
+# Figures (paper Fig. 3 and Fig. 4 grids, loss curves, segmentation bars) and the one-page
+# HTML report that gathers them with the tables, the config used and software versions.
+
+
+rule figure_grid:
+    input:
+        triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
+        base=base_inputs(),
+        branches=lambda wildcards: expand(
+            f"{RESULTS}/models/{{generator}}",
+            generator=GENERATORS if wildcards.figure == "fig3" else ablation_generators(),
+        ),
+    output:
+        report(
+            f"{RESULTS}/report/figures/{{figure}}.png",
+            caption="../workflow/report/grid.rst",
+            category="Figures",
+        ),
+    wildcard_constraints:
+        figure="fig3|fig4",
+    params:
+        base=lambda wildcards, input: input.base[0] if input.base else base_model(),
+        branches=lambda wildcards, input: " ".join(
+            f"--branch {Path(folder).name}={folder}" for folder in input.branches
+        ),
+        args=quoted(
+            [
+                "--masks", REPORT["grid_masks"],
+                "--prompts-per-mask", REPORT["grid_prompts"],
+                "--steps", config["synthesis"]["steps"],
+                "--guidance-scale", config["synthesis"]["guidance_scale"],
+                "--seed", config["synthesis"]["seed"],
+            ]
+        ),
+        model=model_args(),
+    log:
+        f"{RESULTS}/logs/report/{{figure}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/{{figure}}.tsv"
+    threads: MODEL["threads"]
+    resources:
+        mem_mb=4000 if MODEL["preset"] == "tiny" else 24000,
+        runtime=30,
+        gpu=min(1, config["train"]["gpus"]),
+    conda:
+        "../envs/ccis.yaml"
+    shell:
+        "ccis figure-grid --base {params.base} {params.branches} --triplets {input.triplets}"
+        " --out {output} {params.args} {params.model} --threads {threads} > {log} 2>&1"
+
+
+rule figure_losses:
+    input:
+        expand(f"{RESULTS}/models/{{generator}}", generator=GENERATORS),
+    output:
+        report(
+            f"{RESULTS}/report/figures/losses.png",
+            caption="../workflow/report/losses.rst",
+            category="Figures",
+        ),
+    params:
+        branches=lambda wildcards, input: " ".join(
+            f"--branch {Path(folder).name}={folder}" for folder in input
+        ),
+    log:
+        f"{RESULTS}/logs/report/losses.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/losses.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/ccis.yaml"
+    shell:
+        "ccis figure-losses {params.branches} --out {output} > {log} 2>&1"
+
+
+rule figure_segmentation:
+    input:
+        segmentation_runs("per_image.parquet"),
+    output:
+        report(
+            f"{RESULTS}/report/figures/segmentation.png",
+            caption="../workflow/report/segmentation.rst",
+            category="Figures",
+        ),
+    log:
+        f"{RESULTS}/logs/report/segmentation.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/segmentation.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/ccis.yaml"
+    shell:
+        "ccis figure-segmentation --out {output} {input} > {log} 2>&1"
+
+
+rule effective_config:
+    output:
+        f"{RESULTS}/report/config.yaml",
+    params:
+        config=json.dumps(config),
+    log:
+        f"{RESULTS}/logs/report/config.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/config.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/ccis.yaml"
+    shell:
+        "ccis effective-config --json {params.config:q} --out {output} > {log} 2>&1"
+
+
+rule report:
+    input:
+        table1=f"{RESULTS}/report/table1_generation.csv",
+        table3=f"{RESULTS}/report/table3_segmentation.csv",
+        fig3=f"{RESULTS}/report/figures/fig3.png",
+        fig4=f"{RESULTS}/report/figures/fig4.png" if len(ablation_generators()) > 1 else [],
+        losses=f"{RESULTS}/report/figures/losses.png",
+        segmentation=f"{RESULTS}/report/figures/segmentation.png",
+        config=f"{RESULTS}/report/config.yaml",
+    output:
+        report(
+            f"{RESULTS}/report/index.html",
+            caption="../workflow/report/index.rst",
+            category="Report",
+        ),
+    params:
+        folder=lambda wildcards, output: str(Path(output[0]).parent),
+        tables=lambda wildcards, input: quoted(
+            [
+                "--table", f"Table 1 – generation metrics={input.table1}",
+                "--table", f"Table 3 – segmentation (mDice / mIoU)={input.table3}",
+            ]
+        ),
+        figures=lambda wildcards, input: quoted(
+            [
+                arg
+                for title, path in (
+                    ("Fig. 3 – masks × prompts × generators", input.fig3),
+                    ("Fig. 4 – ablations", input.fig4),
+                    ("Generator training loss", input.losses),
+                    ("Segmentation, mean ± std over seeds", input.segmentation),
+                )
+                if path
+                for arg in ("--figure", f"{title}={path}")
+            ]
+        ),
+    log:
+        f"{RESULTS}/logs/report/index.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/index.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/ccis.yaml"
+    shell:
+        "ccis report --out {params.folder} {params.tables} {params.figures}"
+        " --config {input.config} > {log} 2>&1"
