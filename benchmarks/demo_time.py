@@ -10,6 +10,7 @@ from Snakemake's ``benchmark:`` files, and the total wall time of the run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
     parser.add_argument("--cores", default="all")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="ccis-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +54,9 @@ def main() -> None:
         print(f"{rule:<20}{jobs[rule]:>6}{seconds:>14.1f}")
     print(f"{'total wall time':<20}{'':>6}{total:>14.1f}  ({total / 60:.1f} min; jobs overlap on "
           f"{args.cores} cores)")  # fmt: skip
+    if args.json:
+        numbers = {"total_s": total, "cores": args.cores, "per_rule_s": per_rule, "jobs": jobs}
+        args.json.write_text(json.dumps(numbers))
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -214,7 +215,8 @@ def _best(kind: str, preset: str, variants: tuple[str, str], count: int, repeats
     return best
 
 
-def report(preset: str, steps: int, runs: int, repeats: int) -> bool:
+def report(preset: str, steps: int, runs: int, repeats: int, numbers: dict | None = None) -> bool:
+    """Measure and print one preset's ratios; store them in ``numbers`` when given."""
     label = (
         "tiny preset, CPU"
         if preset == "tiny"
@@ -232,6 +234,8 @@ def report(preset: str, steps: int, runs: int, repeats: int) -> bool:
     ok = True
     for name, a, b, key in rows:
         ratio = a / b
+        if numbers is not None:
+            numbers[f"{preset}_{key}"] = {"ccis": a, "baseline": b, "ratio": ratio}
         target = TARGETS[key]
         good = ratio <= target if key != "sampling" else ratio >= target
         ok &= good
@@ -250,6 +254,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=("train", "sample"), help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     if args.worker:
         if not torch.cuda.is_available():
@@ -258,13 +263,17 @@ def main() -> None:
         print(json.dumps(func(args.preset, args.variant, args.count)))
         return
     ok = True
+    numbers: dict = {}
     if args.preset in ("tiny", "both"):
-        ok &= report("tiny", steps=30, runs=2, repeats=4)
+        ok &= report("tiny", steps=30, runs=2, repeats=4, numbers=numbers)
     if args.preset in ("sd15", "both"):
         if torch.cuda.is_available():
-            ok &= report("sd15", steps=10, runs=2, repeats=1)
+            ok &= report("sd15", steps=10, runs=2, repeats=1, numbers=numbers)
+            numbers["device"] = torch.cuda.get_device_name()
         else:
             print("\nSD v1.5-shaped measurement skipped: no GPU on this machine")
+    if args.json:
+        args.json.write_text(json.dumps(numbers))
     raise SystemExit(0 if ok else 1)
 
 

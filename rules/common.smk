@@ -202,3 +202,9 @@ def fidelity_segmenter():
 def ablation_generators():
     """Generators of the Fig. 4 ablation grid (CCIS-Diff and its ablations present)."""
     return [g for g in ("ccis", "ccis_no_bmws", "ccis_no_taam") if g in GENERATORS]
+
+
+def report_caption(name):
+    """The text of a figure's caption (shared with `snakemake --report`), one paragraph."""
+    path = Path(workflow.basedir) / "workflow" / "report" / f"{name}.rst"
+    return " ".join(path.read_text().split()).replace("**", "")

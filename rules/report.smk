@@ -13,7 +13,7 @@ rule figure_grid:
     output:
         report(
             f"{RESULTS}/report/figures/{{figure}}.png",
-            caption="../workflow/report/grid.rst",
+            caption="../workflow/report/{figure}.rst",
             category="Figures",
         ),
     wildcard_constraints:
@@ -144,14 +144,17 @@ rule report:
         figures=lambda wildcards, input: quoted(
             [
                 arg
-                for title, path in (
-                    ("Fig. 3 – masks × prompts × generators", input.fig3),
-                    ("Fig. 4 – ablations", input.fig4),
-                    ("Generator training loss", input.losses),
-                    ("Segmentation, mean ± std over seeds", input.segmentation),
+                for title, path, caption in (
+                    ("Fig. 3 – masks × prompts × generators", input.fig3, "fig3"),
+                    ("Fig. 4 – ablations", input.fig4, "fig4"),
+                    ("Generator training loss", input.losses, "losses"),
+                    ("Segmentation, mean ± std over seeds", input.segmentation, "segmentation"),
                 )
                 if path
-                for arg in ("--figure", f"{title}={path}")
+                for arg in (
+                    "--figure", f"{title}={path}",
+                    "--caption", f"{title}={report_caption(caption)}",
+                )
             ]
         ),
     log:

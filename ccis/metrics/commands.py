@@ -3,7 +3,106 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+
+def _cmd_metrics_generation(args: argparse.Namespace) -> None:
+    from ccis.metrics.evaluate import generation_metrics
+
+    if args.threads:
+        import cv2
+        import torch
+
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
+    attributes = tuple(a.strip() for a in args.agreement_attributes.split(",") if a.strip())
+    generation_metrics(
+        args.generator,
+        args.synthetic,
+        args.real,
+        args.out,
+        clip_model=args.clip_model,
+        clip_pretrained=args.clip_pretrained,
+        clip_cache=args.clip_cache,
+        segmenter=args.segmenter,
+        inception_dir=args.inception_dir,
+        fid_mode=args.fid_mode,
+        agreement_attributes=attributes,
+        batch_size=args.batch_size,
+        device=args.device,
+        per_image=args.per_image,
+    )
+
+
+def _cmd_generation_table(args: argparse.Namespace) -> None:
+    from ccis.metrics.table import table1
+
+    table1(args.metrics, args.out_csv, args.out_md, paper=args.paper)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register this stage's sub-commands on the ``ccis`` parser."""
+    from ccis.metrics.agreement import SCORED_ATTRIBUTES
+    from ccis.metrics.fid import FID_MODES
+
+    gen = sub.add_parser(
+        "metrics-generation",
+        help="FID, CLIP-score, CLIP-image, attribute agreement, mask fidelity of a synthetic set",
+        description=(
+            "Compare a generator's synthetic set with the real training triplets and write one "
+            "JSON file. Metrics whose weights are not available locally are written as "
+            '{"status": "not computed", "reason": ...}; nothing is ever downloaded.'
+        ),
+    )
+    gen.add_argument("--generator", required=True, help="generator name (row of Table 1)")
+    gen.add_argument(
+        "--synthetic", required=True, type=Path, help="synthetic manifest (ccis synthesize)"
+    )
+    gen.add_argument(
+        "--real", required=True, type=Path, help="real training triplets (ccis caption)"
+    )
+    gen.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
+    gen.add_argument(
+        "--clip-model",
+        default="ViT-B-32",
+        help="open_clip model name, model-config JSON file, or local-dir:FOLDER (default ViT-B-32)",
+    )
+    gen.add_argument(
+        "--clip-pretrained",
+        default=None,
+        help="CLIP checkpoint file, or open_clip pretrained tag found in the local cache "
+        "(none: CLIP metrics not computed)",
+    )
+    gen.add_argument("--clip-cache", type=Path, help="open_clip/Hugging Face cache folder")
+    gen.add_argument(
+        "--segmenter", type=Path, help="trained real-data segmenter folder (mask fidelity)"
+    )
+    gen.add_argument(
+        "--inception-dir",
+        type=Path,
+        help="folder holding clean-fid's inception-2015-12-05.pt (default: clean-fid's, /tmp; "
+        "legacy_pytorch: the torch hub folder)",
+    )
+    gen.add_argument("--fid-mode", choices=FID_MODES, default="clean")
+    gen.add_argument(
+        "--agreement-attributes",
+        default=",".join(SCORED_ATTRIBUTES),
+        help=f"attributes scored by attribute agreement (default {','.join(SCORED_ATTRIBUTES)})",
+    )
+    gen.add_argument("--batch-size", type=int, default=32)
+    gen.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    gen.add_argument("--per-image", type=Path, help="also write per-image values (Parquet)")
+    gen.add_argument("--threads", type=int, default=None, help="CPU threads for torch/OpenCV")
+    gen.set_defaults(func=_cmd_metrics_generation)
+
+    table = sub.add_parser(
+        "generation-table",
+        help="Table 1 (generation metrics per generator) as CSV and Markdown",
+    )
+    table.add_argument("--out-csv", required=True, type=Path)
+    table.add_argument("--out-md", required=True, type=Path)
+    table.add_argument(
+        "--paper", action="store_true", help="put the paper's published values beside ours"
+    )
+    table.add_argument("metrics", nargs="+", type=Path, help="metrics-generation JSON files")
+    table.set_defaults(func=_cmd_generation_table)
