@@ -44,9 +44,8 @@ def markdown(numbers: dict) -> str:
     ]
     for key, label, target in ROWS:
         row = numbers[key]
-        lines.append(
-            f"| {label} | {row['ccis']:.4g} | {row['baseline']:.4g} | {row['ratio']:.3f} | {target} |"
-        )
+        cells = f"{row['ccis']:.4g} | {row['baseline']:.4g} | {row['ratio']:.3f}"
+        lines.append(f"| {label} | {cells} | {target} |")
     lines.append(
         "\nBaselines: ControlNet (training), diffusers `StableDiffusionControlNetPipeline` "
         "(sampling).\n"

@@ -65,12 +65,14 @@ def rows(numbers: dict) -> list[tuple[str, str]]:
     demo = numbers.get("demo")
     if demo:
         for rule, seconds in sorted(demo["per_rule_s"].items(), key=lambda kv: -kv[1]):
-            table.append((f"demo: {rule} ({demo['jobs'][rule]} jobs, job time)", f"{seconds:.1f} s"))
+            label = f"demo: {rule} ({demo['jobs'][rule]} jobs, job time)"
+            table.append((label, f"{seconds:.1f} s"))
         total = demo["total_s"]
         table.append(("demo: whole DAG, wall time", f"{total:.0f} s ({total / 60:.1f} min)"))
     caption = numbers.get("caption")
     if caption:
-        table.append(("caption: measure + template caption", f"{caption['pairs_per_s']:.0f} pairs/s"))
+        rate = f"{caption['pairs_per_s']:.0f} pairs/s"
+        table.append(("caption: measure + template caption", rate))
     diffusion = numbers.get("diffusion")
     if diffusion:
         for key, label in (

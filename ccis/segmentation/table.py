@@ -1,0 +1,162 @@
+"""The paper's Table 3 from our per-image metrics: mDice / mIoU, mean ± std over seeds."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pandas as pd
+
+from ccis.common.atomic import write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+# Published Table 3 of the CCIS-Diff paper (arXiv 2411.12198, "Comparisons of different
+# settings applied on two polyp segmentation baselines across three public datasets"),
+# in percent: (model, setting) -> test set -> (mDice, mIoU). "real" is the baseline
+# trained on real images only; the others add that generator's synthetic images.
+PAPER_TABLE3: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
+    ("pranet", "real"): {"cvc300": (86.1, 79.1), "clinicdb": (90.8, 86.1), "kvasir": (89.2, 84.0)},
+    ("pranet", "controlnet"): {
+        "cvc300": (85.4, 77.7), "clinicdb": (90.1, 85.1), "kvasir": (90.6, 85.2)},
+    ("pranet", "unicontrolnet"): {
+        "cvc300": (85.9, 78.2), "clinicdb": (89.5, 85.1), "kvasir": (87.9, 82.5)},
+    ("pranet", "ccis"): {"cvc300": (88.5, 81.0), "clinicdb": (92.8, 88.0), "kvasir": (92.8, 87.1)},
+    ("polyp_pvt", "real"): {
+        "cvc300": (88.2, 81.2), "clinicdb": (92.8, 87.6), "kvasir": (91.5, 86.8)},
+    ("polyp_pvt", "controlnet"): {
+        "cvc300": (88.3, 81.4), "clinicdb": (92.7, 88.2), "kvasir": (90.3, 84.8)},
+    ("polyp_pvt", "unicontrolnet"): {
+        "cvc300": (85.8, 79.6), "clinicdb": (89.3, 83.8), "kvasir": (86.5, 80.7)},
+    ("polyp_pvt", "ccis"): {
+        "cvc300": (89.3, 82.1), "clinicdb": (93.5, 88.4), "kvasir": (92.4, 87.0)},
+}  # fmt: skip
+# Our test-set and setting names that mean the paper's columns and rows.
+TEST_ALIASES = {
+    "cvc300": "cvc300", "cvc-300": "cvc300", "endoscene": "cvc300",
+    "clinicdb": "clinicdb", "cvc-clinicdb": "clinicdb", "cvcclinicdb": "clinicdb",
+    "kvasir": "kvasir", "kvasir-seg": "kvasir",
+}  # fmt: skip
+SETTING_ALIASES = {"real": "real", "baseline": "real", "none": "real"}
+TEST_LABELS = {"cvc300": "EndoScene", "clinicdb": "CVC-ClinicDB", "kvasir": "Kvasir"}
+MODEL_LABELS = {"pranet": "PraNet", "polyp_pvt": "PVT"}
+SETTING_LABELS = {
+    "controlnet": "ControlNet", "unicontrolnet": "Uni-ControlNet", "ccis": "Ours",
+    "ccis_no_bmws": "Ours w/o BMWS", "ccis_no_taam": "Ours w/o TAAM",
+}  # fmt: skip
+SETTING_ORDER = ("real", "controlnet", "unicontrolnet", "ccis", "ccis_no_bmws", "ccis_no_taam")
+MODEL_ORDER = ("pranet", "polyp_pvt")
+DASH = "–"
+
+
+def paper_value(model: str, setting: str, test_set: str) -> tuple[float, float] | None:
+    """The paper's (mDice, mIoU) in percent for our names, or None when it has none."""
+    key = (model, SETTING_ALIASES.get(setting.lower(), setting.lower()))
+    return PAPER_TABLE3.get(key, {}).get(TEST_ALIASES.get(test_set.lower(), ""))
+
+
+def _order(values, preferred: tuple[str, ...]) -> list[str]:
+    rank = {v: i for i, v in enumerate(preferred)}
+    return sorted(set(values), key=lambda v: (rank.get(v, len(rank)), v))
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, setting, test set): mean and std over seeds of the per-seed means (%)."""
+    per_seed = (
+        frame.groupby(["model", "setting", "test_set", "seed"])
+        .agg(mdice=("mdice", "mean"), miou=("miou", "mean"), images=("id", "size"))
+        .reset_index()
+    )
+    rows = []
+    for (model, setting, test_set), group in per_seed.groupby(["model", "setting", "test_set"]):
+        row = dict(model=model, setting=setting, test_set=test_set, seeds=len(group),
+                   images=int(group["images"].iloc[0]))  # fmt: skip
+        for metric in ("mdice", "miou"):
+            values = 100 * group[metric]
+            row[f"{metric}_mean"] = values.mean()
+            # Sample std over seeds; undefined with one seed.
+            row[f"{metric}_std"] = values.std(ddof=1) if len(group) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.1f} ± {DASH if pd.isna(std) else f'{std:.1f}'}"
+
+
+def table3(
+    per_image_parquets: list[str | os.PathLike],
+    out_csv: str | os.PathLike,
+    out_md: str | os.PathLike,
+    paper: bool = False,
+) -> pd.DataFrame:
+    """Write Table 3 (CSV, long form; Markdown, shaped like the paper's) and return it.
+
+    With ``paper``, the published numbers stand beside ours (CSV columns ``paper_mdice``
+    and ``paper_miou``; in Markdown in parentheses) for the test sets and settings the
+    paper has.
+    """
+    if not per_image_parquets:
+        raise ValueError("no per-image metrics given")
+    frames = []
+    for path in per_image_parquets:
+        part = pd.read_parquet(path)
+        missing = {"model", "setting", "seed", "test_set", "id", "mdice", "miou"} - set(part)
+        if missing:
+            raise ValueError(f"{path}: not per-image segmentation metrics, missing {missing}")
+        frames.append(part)
+    summary = summarize(pd.concat(frames, ignore_index=True))
+    if paper:
+        published = [paper_value(r.model, r.setting, r.test_set) for r in summary.itertuples()]
+        summary["paper_mdice"] = [p[0] if p else float("nan") for p in published]
+        summary["paper_miou"] = [p[1] if p else float("nan") for p in published]
+    models = _order(summary["model"], MODEL_ORDER)
+    settings = _order(summary["setting"], SETTING_ORDER)
+    tests = _order(summary["test_set"], tuple(TEST_ALIASES))
+    rank = [
+        (models.index(m), settings.index(s), tests.index(t))
+        for m, s, t in zip(summary["model"], summary["setting"], summary["test_set"], strict=True)
+    ]
+    summary = summary.iloc[sorted(range(len(summary)), key=rank.__getitem__)]
+    summary = summary.reset_index(drop=True)
+
+    csv_bytes = summary.to_csv(index=False, float_format="%.4f").encode()
+    write_bytes_atomic(out_csv, csv_bytes)
+    write_bytes_atomic(out_md, _markdown(summary, tests, paper).encode())
+    log.info("wrote %s and %s (%d rows)", out_csv, out_md, len(summary))
+    return summary
+
+
+def _row_label(model: str, setting: str) -> str:
+    name = MODEL_LABELS.get(model, model)
+    key = SETTING_ALIASES.get(setting.lower(), setting)
+    return name if key == "real" else f"{name} + {SETTING_LABELS.get(key, setting)}"
+
+
+def _markdown(summary: pd.DataFrame, tests: list[str], paper: bool) -> str:
+    heads = [TEST_LABELS.get(TEST_ALIASES.get(t.lower(), ""), t) for t in tests]
+    lines = [
+        "Table 3. Segmentation on each test set: mDice and mIoU (%), mean ± std over seeds"
+        + (" (the paper's published value in parentheses)." if paper else "."),
+        "",
+        "| Settings | " + " | ".join(f"{h} mDice | {h} mIoU" for h in heads) + " |",
+        "|---|" + "---:|" * (2 * len(tests)),
+    ]
+    seeds = sorted(set(summary["seeds"]))
+    for (model, setting), group in summary.groupby(["model", "setting"], sort=False):
+        by_test = {r.test_set: r for r in group.itertuples()}
+        cells = []
+        for test in tests:
+            r = by_test.get(test)
+            for metric in ("mdice", "miou"):
+                if r is None:
+                    cells.append(DASH)
+                    continue
+                text = _cell(getattr(r, f"{metric}_mean"), getattr(r, f"{metric}_std"))
+                published = getattr(r, f"paper_{metric}", float("nan")) if paper else None
+                if published is not None and not pd.isna(published):
+                    text += f" ({published:.1f})"
+                cells.append(text)
+        lines.append(f"| {_row_label(model, setting)} | " + " | ".join(cells) + " |")
+    lines += ["", f"Seeds per row: {', '.join(map(str, seeds))}."]
+    return "\n".join(lines) + "\n"
