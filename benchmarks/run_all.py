@@ -32,10 +32,11 @@ SCRIPTS = {
 }
 
 
-def run(name: str, folder: Path) -> dict | None:
+def run(name: str, folder: Path, extra: list[str]) -> dict | None:
     """Run one benchmark script; its numbers (JSON) or None when it failed."""
     out = folder / f"{name}.json"
-    cmd = [sys.executable, str(HERE / SCRIPTS[name][0]), *SCRIPTS[name][1:], "--json", str(out)]
+    cmd = [sys.executable, str(HERE / SCRIPTS[name][0]), *SCRIPTS[name][1:], *extra]
+    cmd += ["--json", str(out)]
     print(f"$ {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=HERE.parent)  # a missed target still reports its numbers
     return json.loads(out.read_text()) if out.exists() else None
@@ -99,12 +100,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", type=Path, help="write the table to this Markdown file")
     parser.add_argument("--skip", action="append", default=[], choices=sorted(SCRIPTS))
+    parser.add_argument("--keep", type=Path, help="run the demo in this folder and keep it")
     args = parser.parse_args()
     numbers = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in SCRIPTS:
             if name not in args.skip:
-                numbers[name] = run(name, Path(tmp))
+                extra = ["--keep", str(args.keep)] if name == "demo" and args.keep else []
+                numbers[name] = run(name, Path(tmp), extra)
     table = rows(numbers)
     width = max(len(m) for m, _ in table) if table else 10
     print(f"\n{machine()}\n")

@@ -120,8 +120,8 @@ rule effective_config:
 
 rule report:
     input:
-        table1=f"{RESULTS}/report/table1_generation.csv",
-        table3=f"{RESULTS}/report/table3_segmentation.csv",
+        table1=f"{RESULTS}/report/table1_generation.md",
+        table3=f"{RESULTS}/report/table3_segmentation.md",
         fig3=f"{RESULTS}/report/figures/fig3.png",
         fig4=f"{RESULTS}/report/figures/fig4.png" if len(ablation_generators()) > 1 else [],
         losses=f"{RESULTS}/report/figures/losses.png",

@@ -347,3 +347,24 @@ def test_mask_embedding_cache_follows_inputs_and_weights(base):
     mask = Image.fromarray(render_phantom(0, 0, 1, 64, 64).mask)
     out = pipe(PROMPTS[0], mask, num_inference_steps=2, seed=np.int64(3), progress=False)
     assert out.shape == (1, 64, 64, 3)
+
+
+@pytest.mark.parametrize("switches", [{}, {"bmws": False, "taam": False}])
+def test_mask_encoder_carries_the_mask_at_unit_scale(base, switches):
+    # diffusers' default initialisation shrinks a binary mask ~10⁴-fold across the
+    # conditioning embedding, and the branch then learns to ignore the mask.
+    embedding = _branch(base, **switches).controlnet_cond_embedding
+    left = torch.zeros(1, 1, 64, 64)
+    left[..., 8:32, 8:32] = 1
+    right = left.flip(-1).flip(-2)
+
+    def hidden(mask: torch.Tensor) -> torch.Tensor:
+        x = F.silu(embedding.conv_in(mask))
+        for block in embedding.blocks:
+            x = F.silu(block(x))
+        return x
+
+    with torch.no_grad():
+        a, b = hidden(left), hidden(right)
+    assert (a - b).abs().mean() > 0.5 * a.abs().mean()
+    assert embedding.conv_out.weight.abs().max() == 0  # the output still starts at zero

@@ -29,6 +29,7 @@ from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
 from ccis.diffusion.bmws import MaskConditioningEmbedding
+from ccis.diffusion.init import conditioning_convs, init_mask_encoder
 from ccis.diffusion.taam import (
     BlurReinjectionProcessor,
     BranchContext,
@@ -134,6 +135,9 @@ class CCISControlNetModel(ControlNetModel):
                "taam_lambda", "blur_reinjection")  # fmt: skip
         if unexpected or any(not key.startswith(own) for key in missing):
             raise RuntimeError(f"weight copy mismatch: missing {missing}, unexpected {unexpected}")
+        embedding = model.controlnet_cond_embedding
+        encoders = [embedding, *([embedding.blur_embedding] if bmws else [])]
+        init_mask_encoder(conv for e in encoders for conv in conditioning_convs(e))
         return model
 
     def transformer_blocks(self) -> list[BasicTransformerBlock]:

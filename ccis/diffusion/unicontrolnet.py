@@ -22,6 +22,7 @@ from diffusers import (
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from ccis.diffusion.init import init_mask_encoder
 from ccis.diffusion.model import derived_signature
 
 
@@ -139,4 +140,7 @@ class UniControlNetAdapter(ControlNetModel):
             not (k.startswith(own) or ".norm1.gamma." in k or ".norm1.beta." in k) for k in missing
         ):
             raise RuntimeError(f"weight copy mismatch: missing {missing}, unexpected {unexpected}")
+        # Hidden layers He-initialised (the mask reaches the FDN convolutions at unit
+        # scale); the last layer keeps its default.
+        init_mask_encoder(model.controlnet_cond_embedding.encoder.net[:-1])
         return model

@@ -49,9 +49,17 @@ MODEL_ORDER = ("pranet", "polyp_pvt")
 DASH = "–"
 
 
+def setting_key(setting: str) -> str:
+    """``real`` or the generator whose synthetic set was added (workflow: ``real+<gen>``)."""
+    setting = setting.lower()
+    if setting.startswith("real+"):
+        return setting.removeprefix("real+")
+    return SETTING_ALIASES.get(setting, setting)
+
+
 def paper_value(model: str, setting: str, test_set: str) -> tuple[float, float] | None:
     """The paper's (mDice, mIoU) in percent for our names, or None when it has none."""
-    key = (model, SETTING_ALIASES.get(setting.lower(), setting.lower()))
+    key = (model, setting_key(setting))
     return PAPER_TABLE3.get(key, {}).get(TEST_ALIASES.get(test_set.lower(), ""))
 
 
@@ -111,7 +119,10 @@ def table3(
         summary["paper_mdice"] = [p[0] if p else float("nan") for p in published]
         summary["paper_miou"] = [p[1] if p else float("nan") for p in published]
     models = _order(summary["model"], MODEL_ORDER)
-    settings = _order(summary["setting"], SETTING_ORDER)
+    order = {key: i for i, key in enumerate(SETTING_ORDER)}
+    settings = sorted(
+        set(summary["setting"]), key=lambda v: (order.get(setting_key(v), len(order)), v)
+    )
     tests = _order(summary["test_set"], tuple(TEST_ALIASES))
     rank = [
         (models.index(m), settings.index(s), tests.index(t))
@@ -129,7 +140,7 @@ def table3(
 
 def _row_label(model: str, setting: str) -> str:
     name = MODEL_LABELS.get(model, model)
-    key = SETTING_ALIASES.get(setting.lower(), setting)
+    key = setting_key(setting)
     return name if key == "real" else f"{name} + {SETTING_LABELS.get(key, setting)}"
 
 
