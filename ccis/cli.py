@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--threads", type=int, default=None)
     boot.set_defaults(func=_cmd_bootstrap)
 
-    from ccis.generator.train import GENERATORS
+    from ccis.generator import GENERATORS
 
     tg = sub.add_parser(
         "train-generator",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -40,6 +41,24 @@ def test_micro_dag_prepares_every_split_then_does_nothing(micro_workdir):
         )
         first = synthetic.iloc[0]
         assert (results / "synthetic" / first["image"]).is_file()
+    # Downstream: both segmenters on real and real+ccis, evaluated on every test split.
+    table3 = pd.read_csv(results / "report" / "table3_segmentation.csv")
+    assert set(table3["model"]) == {"pranet", "polyp_pvt"}
+    assert set(table3["setting"]) == {"real", "real+ccis"}
+    assert set(table3["test_set"]) == {"centre1", "centre2", "centre3"}
+    per_image = pd.read_parquet(
+        results / "segmentation" / "pranet" / "real+ccis" / "seed0" / "per_image.parquet"
+    )
+    assert len(per_image) == 6 and per_image["mdice"].between(0, 1).all()
+    metrics = json.loads((results / "metrics" / "ccis.json").read_text())["metrics"]
+    assert metrics["fid"]["status"] == "not computed"  # offline: said, not made up
+    assert metrics["mask_fidelity"]["status"] == "computed"
+    assert "not computed" in (results / "report" / "table1_generation.md").read_text()
+    page = (results / "report" / "index.html").read_text()
+    assert "Table 3" in page and page.count("data:image/png;base64,") >= 3
+    # Snakemake's own report of the same run.
+    snakemake(micro_workdir, "--report", "report.html")
+    assert (micro_workdir / "report.html").stat().st_size > 10_000
     # -R caption re-runs the captioning (its shards and the gather), not prepare.
     rerun = snakemake(micro_workdir, "--cores", "2", "-R", "caption", "--until", "gather_captions")
     log = rerun.stdout + rerun.stderr
@@ -95,6 +114,16 @@ def test_every_subcommand_has_help(capsys):
         "bootstrap",
         "train-generator",
         "synthesize",
+        "train-segmenter",
+        "evaluate-segmenter",
+        "segmentation-table",
+        "metrics-generation",
+        "generation-table",
+        "figure-grid",
+        "figure-losses",
+        "figure-segmentation",
+        "report",
+        "effective-config",
     } <= set(commands)
     for name in commands:
         with pytest.raises(SystemExit) as info:

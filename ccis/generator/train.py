@@ -26,13 +26,12 @@ from ccis.diffusion.model import CCISControlNetModel
 from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import load_sd15
 from ccis.diffusion.unicontrolnet import UniControlNetAdapter
+from ccis.generator import GENERATORS
 from ccis.generator.checkpoints import resume_from, save_checkpoint
 from ccis.generator.data import TripletData, batch_indices
 from ccis.generator.provenance import claim, fingerprint
 
 log = logging.getLogger(__name__)
-
-GENERATORS = ("ccis", "controlnet", "unicontrolnet", "ccis_no_bmws", "ccis_no_taam")
 
 
 def build_branch(kind: str, unet, conditioning_channels: tuple[int, ...], blur_sigma: float = 0.03):
