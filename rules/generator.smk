@@ -12,14 +12,16 @@ rule bootstrap:
     params:
         work=f"{RESULTS}/work/bootstrap",
         steps=lambda wildcards: " ".join(
-            f"--{key.replace('_', '-')} {value}" for key, value in config["bootstrap"].items()
+            f"--{key.replace('_', '-')} {value}"
+            for key, value in config["bootstrap"].items()
+            if key != "threads"
         ),
         model=model_args(),
     log:
         f"{RESULTS}/logs/bootstrap.log",
     benchmark:
         f"{RESULTS}/benchmarks/bootstrap.tsv"
-    threads: MODEL["threads"]
+    threads: config["bootstrap"]["threads"]
     resources:
         mem_mb=4000,
         runtime=120,
