@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ccis import __version__
 from ccis.common.logs import setup_logging
+from ccis.common.threads import use_threads
 
 log = logging.getLogger("ccis")
 
@@ -85,7 +86,7 @@ def _cmd_gather(args: argparse.Namespace) -> None:
 def _cmd_bootstrap(args: argparse.Namespace) -> None:
     from ccis.generator.bootstrap import BootstrapSettings, bootstrap_base
 
-    _threads(args.threads)
+    use_threads(args.threads)
     settings = BootstrapSettings(
         vae_steps=args.vae_steps,
         unet_steps=args.unet_steps,
@@ -100,7 +101,7 @@ def _cmd_bootstrap(args: argparse.Namespace) -> None:
 def _cmd_train_generator(args: argparse.Namespace) -> None:
     from ccis.generator.train import TrainSettings, train_branch
 
-    _threads(args.threads)
+    use_threads(args.threads)
     settings = TrainSettings(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -123,7 +124,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> None:
     from ccis.common.shards import parse_shard
     from ccis.generator.synthesize import synthesize
 
-    _threads(args.threads)
+    use_threads(args.threads)
     synthesize(
         args.generator,
         args.base,
@@ -138,14 +139,6 @@ def _cmd_synthesize(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         seed=args.seed,
     )
-
-
-def _threads(count: int | None) -> None:
-    """Use ``count`` CPU threads for torch (the rule's ``threads``)."""
-    if count:
-        import torch
-
-        torch.set_num_threads(count)
 
 
 def _cmd_tiny_gguf(args: argparse.Namespace) -> None:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ccis.common.threads import use_threads
+
 
 def _cmd_metrics_generation(args: argparse.Namespace) -> None:
     from ccis.metrics.evaluate import generation_metrics
 
-    if args.threads:
-        import cv2
-        import torch
-
-        torch.set_num_threads(args.threads)
-        cv2.setNumThreads(args.threads)
+    use_threads(args.threads)
     attributes = tuple(a.strip() for a in args.agreement_attributes.split(",") if a.strip())
     generation_metrics(
         args.generator,

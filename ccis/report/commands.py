@@ -10,6 +10,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from ccis.common.threads import use_threads
+
 
 def parse_pairs(values: Sequence[str], flag: str, unique: bool = True) -> dict[str, str]:
     """``NAME=VALUE`` strings → an ordered dict; a clear error for malformed or repeated names."""
@@ -24,17 +26,10 @@ def parse_pairs(values: Sequence[str], flag: str, unique: bool = True) -> dict[s
     return out
 
 
-def _threads(count: int | None) -> None:
-    if count:
-        import torch
-
-        torch.set_num_threads(count)
-
-
 def _cmd_figure_grid(args: argparse.Namespace) -> None:
     from ccis.report.grids import figure_grid
 
-    _threads(args.threads)
+    use_threads(args.threads)
     figure_grid(
         args.base,
         parse_pairs(args.branch, "--branch"),

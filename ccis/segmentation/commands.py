@@ -10,6 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from ccis.common.threads import use_threads
+
 log = logging.getLogger(__name__)
 
 SEGMENTERS = ("pranet", "polyp_pvt")
@@ -58,10 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from ccis.segmentation.evaluate import evaluate_segmenter
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     tests = dict(args.test)
     if len(tests) != len(args.test):
         raise ValueError("ccis evaluate-segmenter: a test-set name is given twice")
