@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from ccis.common.shards import write_table
@@ -35,7 +36,8 @@ def evaluate_segmenter(
     """
     if not tests:
         raise ValueError("no test set given")
-    model = load_segmenter(model_dir)
+    # The GPU when there is one (the rule declares it), else the CPU.
+    model = load_segmenter(model_dir, "cuda" if torch.cuda.is_available() else "cpu")
     size = int(model.segmenter_config["size"])
     rows = []
     for name, manifest in tests.items():

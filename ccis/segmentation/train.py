@@ -115,18 +115,21 @@ def train_segmenter(
     data = SegmentationData(manifests, size)
     torch.manual_seed(seed)  # initialisation of the decoder layers
     model = build_segmenter(model_name, backbone, pretrained_file, drop_path_rate)
+    # The GPU when there is one (the rule's `gpu` resource); the demo runs on the CPU.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     optimizer = make_optimizer(model_name, model.parameters(), learning_rate, weight_decay)
     sizes = scale_sizes(size, list(scales))
     log.info(
         "training %s (%s, %.1fM parameters) on %d pairs: %d epochs, batch %d, sizes %s, "
-        "%s lr %g wd %g, clamp ±%g, seed %d, %d threads",
+        "%s lr %g wd %g, clamp ±%g, seed %d, %d threads, on %s",
         model_name, backbone, sum(p.numel() for p in model.parameters()) / 1e6, len(data),
         epochs, batch_size, sizes, settings["optimizer"], learning_rate, weight_decay, clip,
-        seed, torch.get_num_threads(),
+        seed, torch.get_num_threads(), device,
     )  # fmt: skip
 
     def write(folder: Path) -> None:
-        save_file(model.state_dict(), folder / WEIGHTS)
+        save_file(_cpu_state(model), folder / WEIGHTS)
         torch.save(optimizer.state_dict(), folder / OPTIMIZER)
 
     def load(folder: Path) -> None:
@@ -153,7 +156,7 @@ def train_segmenter(
         for indices in epoch_batches(len(data), batch_size, seed, epoch):
             images, masks = data.batch(indices)
             for step_size in sizes:  # one optimiser step per scale, as the references
-                x, m = rescale(images, masks, step_size)
+                x, m = (t.to(device) for t in rescale(images, masks, step_size))
                 weights = boundary_weights(m)  # shared by the output maps
                 loss = sum(structure_loss(logits, m, weights) for logits in model(x))
                 optimizer.zero_grad(set_to_none=True)
@@ -174,12 +177,16 @@ def train_segmenter(
     config = dict(settings, epochs=final, train_manifests=[str(m) for m in manifests],
                   train_pairs=len(data))  # fmt: skip
     with atomic_dir(out) as tmp:
-        save_file(model.state_dict(), tmp / WEIGHTS)
+        save_file(_cpu_state(model), tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
         if loss_log.exists():
             shutil.copy(loss_log, tmp / LOSS_LOG)
     log.info("wrote %s (%s after %d epochs)", out, model_name, final)
     return out
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def _append_loss(path: Path, epoch: int, loss: float, seconds: float) -> None:
