@@ -22,6 +22,8 @@ rule train_segmenter:
             f"{RESULTS}/work/segmentation/{wildcards.model}/{wildcards.setting}/seed{wildcards.seed}"
         ),
         args=lambda wildcards: segmentation_args(wildcards.model),
+        # Several GPUs: one process each through `accelerate launch` (same code path).
+        command=launcher("train-segmenter", SEGMENTATION["gpus"]),
     log:
         f"{RESULTS}/logs/train_segmenter/{{model}}/{{setting}}/seed{{seed}}.log",
     benchmark:
@@ -30,11 +32,11 @@ rule train_segmenter:
     resources:
         mem_mb=4000 if SEGMENTATION["gpus"] == 0 else 24000,
         runtime=30 if SEGMENTATION["gpus"] == 0 else 720,
-        gpu=min(1, SEGMENTATION["gpus"]),
+        gpu=SEGMENTATION["gpus"],
     conda:
         "../envs/ccis.yaml"
     shell:
-        "ccis train-segmenter --model {wildcards.model} {params.train} --out {output}"
+        "{params.command} --model {wildcards.model} {params.train} --out {output}"
         " --work {params.work} --seed {wildcards.seed} {params.args} --threads {threads}"
         " > {log} 2>&1"
 

@@ -19,7 +19,7 @@ def _jobs(log: str) -> dict[str, list[str]]:
 
 
 def test_slurm_profile_dry_run_requests_gpus_for_gpu_rules(micro_workdir):
-    (micro_workdir / "gpus.yaml").write_text("train: {gpus: 2}\nsegmentation: {gpus: 1}\n")
+    (micro_workdir / "gpus.yaml").write_text("train: {gpus: 2}\nsegmentation: {gpus: 2}\n")
     dry = snakemake(
         micro_workdir,
         "-n",
@@ -37,8 +37,9 @@ def test_slurm_profile_dry_run_requests_gpus_for_gpu_rules(micro_workdir):
     assert all("slurm_partition=cpu" in r and "gpu=" not in r for r in jobs["caption"])
     # Two GPUs: branch training goes through `accelerate launch`, one process each.
     # (the profile prints shell commands).
-    launch = "accelerate launch --multi_gpu --num_processes 2 -m ccis.cli train-generator"
-    assert launch in dry.stdout + dry.stderr
+    for command in ("train-generator", "train-segmenter"):
+        launch = f"accelerate launch --multi_gpu --num_processes 2 -m ccis.cli {command}"
+        assert launch in dry.stdout + dry.stderr
 
 
 def test_local_gpu_profile_dry_run(micro_workdir):

@@ -110,43 +110,54 @@ def train_segmenter(
     )  # fmt: skip
     # Epochs may be raised to train on; anything else changes the run, so clear old work.
     inputs = manifests + ([Path(pretrained_file)] if pretrained_file else [])
-    claim(work, fingerprint(settings, inputs))
+    from accelerate import Accelerator
+
+    # One process on the CPU or a GPU; `accelerate launch` runs one per GPU (data parallel,
+    # each process takes every world-th image of a batch, so the batch stays global).
+    accelerator = Accelerator()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    settings["processes"] = world  # orders the data
+    if accelerator.is_main_process:
+        claim(work, fingerprint(settings, inputs))
+    accelerator.wait_for_everyone()
 
     data = SegmentationData(manifests, size)
     torch.manual_seed(seed)  # initialisation of the decoder layers
     model = build_segmenter(model_name, backbone, pretrained_file, drop_path_rate)
-    # The GPU when there is one (the rule's `gpu` resource); the demo runs on the CPU.
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    device = accelerator.device  # the GPU when there is one; the demo runs on the CPU
     optimizer = make_optimizer(model_name, model.parameters(), learning_rate, weight_decay)
+    net = model  # the module itself; ``model`` becomes its (possibly wrapped) training copy
+    model, optimizer = accelerator.prepare(model, optimizer)
     sizes = scale_sizes(size, list(scales))
     log.info(
         "training %s (%s, %.1fM parameters) on %d pairs: %d epochs, batch %d, sizes %s, "
-        "%s lr %g wd %g, clamp ±%g, seed %d, %d threads, on %s",
+        "%s lr %g wd %g, clamp ±%g, seed %d, %d threads, on %s × %d processes",
         model_name, backbone, sum(p.numel() for p in model.parameters()) / 1e6, len(data),
         epochs, batch_size, sizes, settings["optimizer"], learning_rate, weight_decay, clip,
-        seed, torch.get_num_threads(), device,
+        seed, torch.get_num_threads(), device, world,
     )  # fmt: skip
 
     def write(folder: Path) -> None:
-        save_file(_cpu_state(model), folder / WEIGHTS)
+        save_file(_cpu_state(net), folder / WEIGHTS)
         torch.save(optimizer.state_dict(), folder / OPTIMIZER)
 
     def load(folder: Path) -> None:
-        model.load_state_dict(load_file(folder / WEIGHTS))
+        net.load_state_dict(load_file(folder / WEIGHTS))
         optimizer.load_state_dict(torch.load(folder / OPTIMIZER, weights_only=True))
 
     checkpoints = work / "checkpoints"
     start = resume_from(checkpoints, load)
     loss_log = work / LOSS_LOG
-    _trim_loss_log(loss_log, start)
+    if accelerator.is_main_process:
+        _trim_loss_log(loss_log, start)
+    accelerator.wait_for_everyone()
     if start >= epochs:
         log.info("%s already holds epoch %d of %d", checkpoints, start, epochs)
 
     per_epoch = len(epoch_batches(len(data), batch_size, seed, 0))
     progress = tqdm(
         total=epochs * per_epoch, initial=min(start, epochs) * per_epoch,
-        desc=f"train {model_name}", unit="batch",
+        desc=f"train {model_name}", unit="batch", disable=not accelerator.is_main_process,
     )  # fmt: skip
     for epoch in range(start, epochs):
         began = time.perf_counter()
@@ -154,21 +165,26 @@ def train_segmenter(
         model.train()
         losses = []
         for indices in epoch_batches(len(data), batch_size, seed, epoch):
-            images, masks = data.batch(indices)
+            # (a last batch smaller than the process count repeats an image on some)
+            mine = indices[rank::world] if len(indices) >= world else indices[:1]
+            images, masks = data.batch(mine)
             for step_size in sizes:  # one optimiser step per scale, as the references
                 x, m = (t.to(device) for t in rescale(images, masks, step_size))
                 weights = boundary_weights(m)  # shared by the output maps
                 loss = sum(structure_loss(logits, m, weights) for logits in model(x))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_value_(model.parameters(), clip)
+                accelerator.backward(loss)
+                accelerator.clip_grad_value_(model.parameters(), clip)
                 optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(float(accelerator.reduce(loss.detach(), reduction="mean")))
             progress.update()
             progress.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
         seconds = time.perf_counter() - began
-        _append_loss(loss_log, epoch + 1, float(np.mean(losses)), seconds)
-        save_checkpoint(checkpoints, epoch + 1, write, keep=1)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _append_loss(loss_log, epoch + 1, float(np.mean(losses)), seconds)
+            save_checkpoint(checkpoints, epoch + 1, write, keep=1)
+        accelerator.wait_for_everyone()
         log.info("epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, epochs, np.mean(losses), seconds)
     progress.close()
 
@@ -176,8 +192,10 @@ def train_segmenter(
     final = max(start, epochs)
     config = dict(settings, epochs=final, train_manifests=[str(m) for m in manifests],
                   train_pairs=len(data))  # fmt: skip
+    if not accelerator.is_main_process:
+        return out
     with atomic_dir(out) as tmp:
-        save_file(_cpu_state(model), tmp / WEIGHTS)
+        save_file(_cpu_state(net), tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
         if loss_log.exists():
             shutil.copy(loss_log, tmp / LOSS_LOG)
