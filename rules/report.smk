@@ -2,51 +2,52 @@
 # HTML report that gathers them with the tables, the config used and software versions.
 
 
-rule figure_grid:
-    input:
-        triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
-        base=base_inputs(),
-        branches=lambda wildcards: expand(
-            f"{RESULTS}/models/{{generator}}",
-            generator=GENERATORS if wildcards.figure == "fig3" else ablation_generators(),
-        ),
-    output:
-        report(
-            f"{RESULTS}/report/figures/{{figure}}.png",
-            caption="../workflow/report/{figure}.rst",
-            category="Figures",
-        ),
-    wildcard_constraints:
-        figure="fig3|fig4",
-    params:
-        base=lambda wildcards, input: input.base[0] if input.base else base_model(),
-        branches=lambda wildcards, input: " ".join(
-            f"--branch {Path(folder).name}={folder}" for folder in input.branches
-        ),
-        args=quoted(
-            [
-                "--masks", REPORT["grid_masks"],
-                "--prompts-per-mask", REPORT["grid_prompts"],
-                "--steps", config["synthesis"]["steps"],
-                "--guidance-scale", config["synthesis"]["guidance_scale"],
-                "--seed", config["synthesis"]["seed"],
-            ]
-        ),
-        model=model_args(),
-    log:
-        f"{RESULTS}/logs/report/{{figure}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/report/{{figure}}.tsv"
-    threads: MODEL["threads"]
-    resources:
-        mem_mb=4000 if MODEL["preset"] == "tiny" else 24000,
-        runtime=30,
-        gpu=min(1, config["train"]["gpus"]),
-    conda:
-        "../envs/ccis.yaml"
-    shell:
-        "ccis figure-grid --base {params.base} {params.branches} --triplets {input.triplets}"
-        " --out {output} {params.args} {params.model} --threads {threads} > {log} 2>&1"
+# Fig. 3 (every generator) and Fig. 4 (CCIS-Diff and its ablations): one rule each, so
+# that each output has its own report caption.
+for figure, grid_generators in (("fig3", GENERATORS), ("fig4", ablation_generators())):
+
+    rule:
+        name:
+            f"figure_{figure}"
+        input:
+            triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
+            base=base_inputs(),
+            branches=expand(f"{RESULTS}/models/{{generator}}", generator=grid_generators),
+        output:
+            report(
+                f"{RESULTS}/report/figures/{figure}.png",
+                caption=f"../workflow/report/{figure}.rst",
+                category="Figures",
+            ),
+        params:
+            base=lambda wildcards, input: input.base[0] if input.base else base_model(),
+            branches=lambda wildcards, input: " ".join(
+                f"--branch {Path(folder).name}={folder}" for folder in input.branches
+            ),
+            args=quoted(
+                [
+                    "--masks", REPORT["grid_masks"],
+                    "--prompts-per-mask", REPORT["grid_prompts"],
+                    "--steps", config["synthesis"]["steps"],
+                    "--guidance-scale", config["synthesis"]["guidance_scale"],
+                    "--seed", config["synthesis"]["seed"],
+                ]
+            ),
+            model=model_args(),
+        log:
+            f"{RESULTS}/logs/report/{figure}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/report/{figure}.tsv"
+        threads: MODEL["threads"]
+        resources:
+            mem_mb=4000 if MODEL["preset"] == "tiny" else 24000,
+            runtime=30,
+            gpu=min(1, config["train"]["gpus"]),
+        conda:
+            "../envs/ccis.yaml"
+        shell:
+            "ccis figure-grid --base {params.base} {params.branches} --triplets {input.triplets}"
+            " --out {output} {params.args} {params.model} --threads {threads} > {log} 2>&1"
 
 
 rule figure_losses:

@@ -98,6 +98,12 @@ def test_missing_dataset_folder_names_the_key(tmp_path):
     model = tmp_path / config["caption"]["llama"]["model"]
     model.parent.mkdir(parents=True)
     model.write_bytes(b"GGUF")
+    with pytest.raises(ConfigError, match="segmentation.pranet.pretrained_file: 'models/timm/"):
+        validate_config(config, SCHEMA, workdir=tmp_path)
+    for net in ("pranet", "polyp_pvt"):
+        weights = tmp_path / config["segmentation"][net]["pretrained_file"]
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        weights.write_bytes(b"")
     validate_config(config, SCHEMA, workdir=tmp_path)
 
 

@@ -29,7 +29,14 @@ def test_slurm_profile_dry_run_requests_gpus_for_gpu_rules(micro_workdir):
         "gpus.yaml",
     )
     jobs = _jobs(dry.stdout + dry.stderr)
-    assert {"prepare", "caption", "train_generator", "train_segmenter", "report"} <= set(jobs)
+    assert {
+        "prepare",
+        "caption",
+        "train_generator",
+        "train_segmenter",
+        "figure_fig3",
+        "report",
+    } <= set(jobs)
     for rule in ("train_generator", "synthesize", "train_segmenter"):
         for resources in jobs[rule]:
             assert "slurm_partition=gpu" in resources and re.search(r"\bgpu=[12]\b", resources)
