@@ -102,3 +102,25 @@ def micro_workdir(tmp_path: Path) -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def phantom_triplets(root: Path, count: int) -> Path:
+    """Triplets (template captions) of ``count`` small phantom frames under ``root``."""
+    from ccis.caption.stage import caption_manifest
+    from ccis.caption.template import TemplateCaptioner
+    from ccis.caption.tokens import TokenCounter
+    from ccis.data.prepare import PhantomSpec, prepare_split
+
+    manifest = prepare_split("train", root / "data", phantom=PhantomSpec(count, 0, 2, 96, 80))
+    out = root / "captions" / "train.parquet"
+    return caption_manifest(manifest, out, TemplateCaptioner(), TokenCounter())
+
+
+def tiny_base(triplets: Path, root: Path, steps: int) -> Path:
+    """A tiny base bootstrapped for ``steps`` VAE and UNet steps (32 px)."""
+    from ccis.generator.bootstrap import BootstrapSettings, bootstrap_base
+
+    settings = BootstrapSettings(
+        vae_steps=steps, unet_steps=steps, batch_size=2, resolution=32, checkpoint_every=2
+    )
+    return bootstrap_base(triplets, root / "base", root / "work", settings)

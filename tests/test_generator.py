@@ -15,33 +15,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ccis.caption.stage import caption_manifest
-from ccis.caption.template import TemplateCaptioner
-from ccis.caption.tokens import TokenCounter
-from ccis.data.prepare import PhantomSpec, prepare_split
 from ccis.generator.data import batch_indices
-from conftest import run_env
+from conftest import phantom_triplets, run_env, tiny_base
 
 CHANNELS = "4,4,4,4"
 
 
 @pytest.fixture(scope="module")
 def triplets(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("gen")
-    manifest = prepare_split("train", root / "data", phantom=PhantomSpec(8, 0, 2, 96, 80))
-    out = root / "captions" / "train.parquet"
-    return caption_manifest(manifest, out, TemplateCaptioner(), TokenCounter())
+    return phantom_triplets(tmp_path_factory.mktemp("gen"), 8)
 
 
 @pytest.fixture(scope="module")
 def base(triplets, tmp_path_factory) -> Path:
-    from ccis.generator.bootstrap import BootstrapSettings, bootstrap_base
-
-    root = tmp_path_factory.mktemp("base")
-    settings = BootstrapSettings(
-        vae_steps=2, unet_steps=2, batch_size=2, resolution=32, checkpoint_every=2
-    )
-    return bootstrap_base(triplets, root / "base", root / "work", settings)
+    return tiny_base(triplets, tmp_path_factory.mktemp("base"), 2)
 
 
 def test_bootstrap_writes_a_stable_diffusion_folder(base):

@@ -14,32 +14,19 @@ import pytest
 import torch
 from PIL import Image
 
-from ccis.caption.stage import caption_manifest
-from ccis.caption.template import TemplateCaptioner
-from ccis.caption.tokens import TokenCounter
-from ccis.data.prepare import PhantomSpec, prepare_split
-from conftest import run_env
+from conftest import phantom_triplets, run_env, tiny_base
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
 def triplets(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("report")
-    manifest = prepare_split("train", root / "data", phantom=PhantomSpec(4, 0, 2, 96, 80))
-    return caption_manifest(manifest, root / "captions" / "train.parquet", TemplateCaptioner(),
-                            TokenCounter())  # fmt: skip
+    return phantom_triplets(tmp_path_factory.mktemp("report"), 4)
 
 
 @pytest.fixture(scope="module")
 def base(triplets, tmp_path_factory) -> Path:
-    from ccis.generator.bootstrap import BootstrapSettings, bootstrap_base
-
-    root = tmp_path_factory.mktemp("base")
-    settings = BootstrapSettings(
-        vae_steps=1, unet_steps=1, batch_size=2, resolution=32, checkpoint_every=2
-    )
-    return bootstrap_base(triplets, root / "base", root / "work", settings)
+    return tiny_base(triplets, tmp_path_factory.mktemp("base"), 1)
 
 
 @pytest.fixture(scope="module")
