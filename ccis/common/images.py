@@ -1,6 +1,8 @@
-"""Image encoding shared by the stages that write PNGs."""
+"""Image reading and PNG encoding shared by the stages."""
 
 from __future__ import annotations
+
+import os
 
 import cv2
 import numpy as np
@@ -14,3 +16,19 @@ def encode_png(array: np.ndarray) -> bytes:
     if not ok:  # pragma: no cover - OpenCV only fails here on invalid arrays
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as RGB uint8, or a ValueError naming the file."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: missing or unreadable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """A single-channel uint8 file (a mask) as stored, or a ValueError naming the file."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ValueError(f"{path}: missing or unreadable mask")
+    return mask

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
+
+from ccis.common.images import read_gray
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +134,9 @@ def read_pairs(synthetic: str | os.PathLike, real: str | os.PathLike) -> Synthet
     return pairs
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8; a clear error naming the file when it cannot be read."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: cannot read the image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A mask file as 0/255 uint8 (threshold 127), checked against the image ``shape``."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ValueError(f"{path}: cannot read the mask")
+    mask = read_gray(path)
     if shape is not None and mask.shape != tuple(shape):
         raise ValueError(f"{path}: mask size {mask.shape} differs from its image's {shape}")
     return np.where(mask > 127, 255, 0).astype(np.uint8)

@@ -22,9 +22,10 @@ import pandas as pd
 
 from ccis import __version__
 from ccis.common.atomic import write_bytes_atomic
+from ccis.common.images import read_rgb
 from ccis.common.shards import write_table
 from ccis.metrics.agreement import SCORED_ATTRIBUTES, attribute_agreement
-from ccis.metrics.base import NotComputed, Result, read_mask, read_pairs, read_rgb
+from ccis.metrics.base import NotComputed, Result, read_mask, read_pairs
 from ccis.metrics.fidelity import Segment, load_segment, mask_fidelity
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ccis.metrics.base import Computed, NotComputed, Result, read_mask, read_rgb
+from ccis.common.images import read_rgb
+from ccis.metrics.base import Computed, NotComputed, Result, read_mask
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ccis.common.images import read_gray, read_rgb
 from ccis.data.manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -25,22 +26,6 @@ log = logging.getLogger(__name__)
 # ImageNet statistics: both reference repositories normalise with them.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An RGB uint8 image, or a ValueError naming the file."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: missing or unreadable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_gray(path: Path) -> np.ndarray:
-    """A single-channel uint8 mask, or a ValueError naming the file."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ValueError(f"{path}: missing or unreadable mask")
-    return mask
 
 
 def manifest_pairs(manifest: str | os.PathLike) -> list[tuple[str, Path, Path]]:

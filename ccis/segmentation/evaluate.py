@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from ccis.common.images import read_gray, read_rgb
 from ccis.common.shards import write_table
-from ccis.segmentation.data import manifest_pairs, read_gray, read_rgb
+from ccis.segmentation.data import manifest_pairs
 from ccis.segmentation.metrics import image_scores
 from ccis.segmentation.predict import load_segmenter, predict_probabilities
 
