@@ -10,6 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ccis.common.pairs import parse_pairs
 from ccis.common.threads import use_threads
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,6 @@ def _scales(text: str) -> tuple[float, ...]:
     if not scales or any(s <= 0 for s in scales):
         raise argparse.ArgumentTypeError(f"scales must read like 0.75,1,1.25; got {text!r}")
     return scales
-
-
-def _named_manifest(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"test sets read NAME=MANIFEST, got {text!r}")
-    return name, Path(path)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -61,9 +55,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from ccis.segmentation.evaluate import evaluate_segmenter
 
     use_threads(args.threads)
-    tests = dict(args.test)
-    if len(tests) != len(args.test):
-        raise ValueError("ccis evaluate-segmenter: a test-set name is given twice")
+    tests = {name: Path(path) for name, path in parse_pairs(args.test, "--test").items()}
     evaluate_segmenter(
         args.model_dir, tests, args.out, args.model, args.setting, args.seed, args.batch_size
     )
@@ -110,7 +102,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--model-dir", required=True, type=Path, help="train-segmenter output")
     ev.add_argument(
-        "--test", required=True, action="append", type=_named_manifest,
+        "--test", required=True, action="append",
         metavar="NAME=MANIFEST", help="test set (repeatable), e.g. kvasir=data/kvasir.parquet",
     )  # fmt: skip
     ev.add_argument("--out", required=True, type=Path, help="per-image Parquet to write")
