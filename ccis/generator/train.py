@@ -9,7 +9,6 @@ every randomness is a function of (seed, step), so a resumed run continues the s
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import shutil
@@ -21,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ccis.common.atomic import atomic_dir, atomic_path
+from ccis.common.atomic import atomic_dir
+from ccis.common.loss_log import append_row, trim_rows
 from ccis.diffusion.model import CCISControlNetModel
 from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import load_sd15
@@ -140,7 +140,7 @@ def train_branch(
     start = resume_from(checkpoints, accelerator.load_state)
     loss_log = work / "loss.csv"
     if accelerator.is_main_process:
-        _trim_loss_log(loss_log, start)
+        trim_rows(loss_log, start)
     accelerator.wait_for_everyone()
     vae, unet, text_encoder = parts["vae"], parts["unet"], parts["text_encoder"]
     tokenizer, scheduler = parts["tokenizer"], parts["scheduler"]
@@ -190,7 +190,7 @@ def train_branch(
             total += mean.item() / settings.gradient_accumulation
         done = step + 1
         if accelerator.is_main_process:
-            _append_loss(loss_log, done, total)
+            append_row(loss_log, ("step", "loss"), (done, f"{total:.6f}"))
             progress.set_postfix(loss=f"{total:.4f}")
         if (
             settings.checkpoint_every
@@ -222,29 +222,6 @@ def train_branch(
             plot_loss(loss_log, tmp / "loss.png", kind)
         log.info("wrote %s", out)
     return out
-
-
-def _append_loss(path: Path, step: int, loss: float) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow(["step", "loss"])
-        writer.writerow([step, f"{loss:.6f}"])
-
-
-def _trim_loss_log(path: Path, step: int) -> None:
-    """Drop loss rows after ``step`` (written by a killed run after its last checkpoint)."""
-    if not path.exists():
-        return
-    if step == 0:
-        path.unlink()
-        return
-    with open(path, newline="") as handle:
-        rows = [r for r in csv.reader(handle) if len(r) == 2]
-    kept = [["step", "loss"]] + [r for r in rows if r[0].isdigit() and int(r[0]) <= step]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
 
 
 def plot_loss(csv_path: Path, png: Path, title: str) -> None:

@@ -16,7 +16,6 @@ with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -29,7 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ccis.common.atomic import atomic_dir, atomic_path
+from ccis.common.atomic import atomic_dir
+from ccis.common.loss_log import append_row, trim_rows
 from ccis.generator.checkpoints import resume_from, save_checkpoint
 from ccis.generator.provenance import claim, fingerprint
 from ccis.segmentation.backbones import DEFAULT_DROP_PATH
@@ -149,7 +149,7 @@ def train_segmenter(
     start = resume_from(checkpoints, load)
     loss_log = work / LOSS_LOG
     if accelerator.is_main_process:
-        _trim_loss_log(loss_log, start)
+        trim_rows(loss_log, start)
     accelerator.wait_for_everyone()
     if start >= epochs:
         log.info("%s already holds epoch %d of %d", checkpoints, start, epochs)
@@ -182,7 +182,11 @@ def train_segmenter(
         seconds = time.perf_counter() - began
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _append_loss(loss_log, epoch + 1, float(np.mean(losses)), seconds)
+            append_row(
+                loss_log,
+                ("epoch", "loss", "seconds"),
+                (epoch + 1, f"{np.mean(losses):.6f}", f"{seconds:.2f}"),
+            )
             save_checkpoint(checkpoints, epoch + 1, write, keep=1)
         accelerator.wait_for_everyone()
         log.info("epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, epochs, np.mean(losses), seconds)
@@ -205,26 +209,3 @@ def train_segmenter(
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-def _append_loss(path: Path, epoch: int, loss: float, seconds: float) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow(["epoch", "loss", "seconds"])
-        writer.writerow([epoch, f"{loss:.6f}", f"{seconds:.2f}"])
-
-
-def _trim_loss_log(path: Path, epoch: int) -> None:
-    """Drop rows after ``epoch`` (written by a run killed before its checkpoint)."""
-    if not path.exists():
-        return
-    if epoch == 0:
-        path.unlink()
-        return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epoch]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
