@@ -4,6 +4,7 @@ import shlex
 from pathlib import Path
 
 from ccis.config import ConfigError, segmentation_settings, train_split, validate_config
+from ccis.generator import GENERATORS as ALL_GENERATORS
 
 
 try:
@@ -31,7 +32,7 @@ REPORT = config["report"]
 wildcard_constraints:
     split="|".join(sorted(SPLITS)),
     shard=r"\d+",
-    generator="|".join(["ccis", "controlnet", "unicontrolnet", "ccis_no_bmws", "ccis_no_taam"]),
+    generator="|".join(ALL_GENERATORS),
     model="pranet|polyp_pvt",
     setting=r"real(\+[a-z_]+)?",
     seed=r"\d+",
@@ -63,7 +64,7 @@ def caption_args():
         ]
         if llama["mmproj"]:
             args += ["--llama-mmproj", llama["mmproj"]]
-    return " ".join(shlex.quote(str(a)) for a in args)
+    return quoted(args)
 
 
 def caption_model_inputs():
@@ -109,7 +110,7 @@ def train_args():
     ]
     if train["gradient_checkpointing"]:
         args.append("--gradient-checkpointing")
-    return " ".join(shlex.quote(str(a)) for a in args)
+    return quoted(args)
 
 
 def synthesis_args():
@@ -120,7 +121,7 @@ def synthesis_args():
         "--batch-size", synthesis["batch_size"],
         "--seed", synthesis["seed"],
     ]
-    return " ".join(shlex.quote(str(a)) for a in args)
+    return quoted(args)
 
 
 def prepare_args(split):
@@ -145,7 +146,7 @@ def prepare_args(split):
             "--empty-masks", DATA["empty_masks"],
             "--max-pixels", DATA["max_pixels"],
         ]
-    return " ".join(shlex.quote(str(a)) for a in args)
+    return quoted(args)
 
 
 def local_file(path):
@@ -154,7 +155,18 @@ def local_file(path):
 
 
 def quoted(args):
+    """Shell words of ``args``, each quoted."""
     return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def base_path(wildcards, input):
+    """The base folder for the command (its DAG input), else your SD v1.5 id."""
+    return input.base[0] if input.base else base_model()
+
+
+def branch_args(folders):
+    """`--branch <gen>=<folder>` for each trained branch folder."""
+    return " ".join(f"--branch {Path(folder).name}={folder}" for folder in folders)
 
 
 def launcher(command, gpus):

@@ -39,7 +39,7 @@ rule train_generator:
     output:
         directory(f"{RESULTS}/models/{{generator}}"),
     params:
-        base=lambda wildcards, input: input.base[0] if input.base else base_model(),
+        base=base_path,
         work=lambda wildcards: f"{RESULTS}/work/train/{wildcards.generator}",
         args=train_args(),
         model=model_args(),
@@ -70,7 +70,7 @@ rule synthesize:
     output:
         temp(f"{RESULTS}/synthetic/{{generator}}.part{{shard}}.parquet"),
     params:
-        base=lambda wildcards, input: input.base[0] if input.base else base_model(),
+        base=base_path,
         images=lambda wildcards: f"{RESULTS}/synthetic/{wildcards.generator}/shard{wildcards.shard}",
         shards=config["synthesis"]["shards"],
         args=synthesis_args(),

@@ -20,10 +20,8 @@ for figure, grid_generators in (("fig3", GENERATORS), ("fig4", ablation_generato
                 category="Figures",
             ),
         params:
-            base=lambda wildcards, input: input.base[0] if input.base else base_model(),
-            branches=lambda wildcards, input: " ".join(
-                f"--branch {Path(folder).name}={folder}" for folder in input.branches
-            ),
+            base=base_path,
+            branches=lambda wildcards, input: branch_args(input.branches),
             args=quoted(
                 [
                     "--masks", REPORT["grid_masks"],
@@ -60,9 +58,7 @@ rule figure_losses:
             category="Figures",
         ),
     params:
-        branches=lambda wildcards, input: " ".join(
-            f"--branch {Path(folder).name}={folder}" for folder in input
-        ),
+        branches=lambda wildcards, input: branch_args(input),
     log:
         f"{RESULTS}/logs/report/losses.log",
     benchmark:
