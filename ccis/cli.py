@@ -93,6 +93,7 @@ def _cmd_bootstrap(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         resolution=args.resolution,
         checkpoint_every=args.checkpoint_every,
+        polyp_weight=args.polyp_weight,
         seed=args.seed,
     )
     bootstrap_base(args.triplets, args.out, args.work, settings)
@@ -249,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--batch-size", type=int, default=16)
     boot.add_argument("--resolution", type=int, default=64)
     boot.add_argument("--checkpoint-every", type=int, default=250)
+    boot.add_argument(
+        "--polyp-weight", type=float, default=10.0, help="extra loss weight inside polyp masks"
+    )
     boot.add_argument("--seed", type=int, default=0)
     boot.add_argument("--threads", type=int, default=None)
     boot.set_defaults(func=_cmd_bootstrap)

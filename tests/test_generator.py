@@ -41,6 +41,20 @@ def test_bootstrap_writes_a_stable_diffusion_folder(base):
     assert len(ids) == 77 and ids[0] == pipe.tokenizer.bos_token_id
 
 
+def test_bootstrap_losses_weight_the_polyp():
+    from ccis.generator.bootstrap import _weighted_mean
+
+    error = torch.zeros(2, 4, 8, 8)
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[:, :, :2, :2] = 1.0  # the polyp: 4 of 64 cells
+    error[:, :, :2, :2] = 1.0  # all of the error sits on it
+    assert _weighted_mean(error, masks, 0.0) == pytest.approx(error.mean().item())
+    # Weight 10: the polyp's 4 cells count 11 times each, out of 60 + 44 weighted cells.
+    assert _weighted_mean(error, masks, 10.0) == pytest.approx(44 / 104)
+    error = 1.0 - error  # the error outside the polyp counts less than unweighted
+    assert _weighted_mean(error, masks, 10.0) < error.mean()
+
+
 def test_batch_indices_are_seeded_epoch_permutations():
     first = [i for step in range(5) for i in batch_indices(step, 2, 10, seed=3)]
     assert sorted(first) == list(range(10))
