@@ -103,14 +103,14 @@ def bootstrap_base(
 
     write, load = _state(models, {"vae_optimizer": vae_opt, "unet_optimizer": gen_opt})
     start = resume_from(work / "checkpoints", load)
-    scale = _latent_scale(vae, data, settings) if start > settings.vae_steps else None
+    # The VAE is frozen once the UNet phase starts: encode every image once, not per step.
+    posteriors = _posteriors(vae, data) if start > settings.vae_steps else None
     for step in tqdm(
         range(start, total), initial=start, total=total, desc="bootstrap", mininterval=2
     ):
         g = step_generator(settings.seed, step)
-        images, masks, captions = data.batch(
-            batch_indices(step, settings.batch_size, len(data), settings.seed)
-        )
+        indices = batch_indices(step, settings.batch_size, len(data), settings.seed)
+        images, masks, captions = data.batch(indices)
         if step < settings.vae_steps:
             posterior = vae.encode(images).latent_dist
             recon = vae.decode(posterior.sample(generator=g)).sample
@@ -120,10 +120,10 @@ def bootstrap_base(
             loss.backward()
             vae_opt.step()
         else:
-            if scale is None:
-                scale = _latent_scale(vae, data, settings)
-            with torch.no_grad():
-                latents = vae.encode(images).latent_dist.sample(generator=g) * scale
+            if posteriors is None:
+                posteriors = _posteriors(vae, data)
+            mean, std, scale = posteriors[0][indices], posteriors[1][indices], posteriors[2]
+            latents = (mean + std * torch.randn(mean.shape, generator=g)) * scale
             drop = torch.rand(len(captions), generator=g) < settings.empty_prompt_probability
             prompts = ["" if d else c for d, c in zip(drop.tolist(), captions, strict=True)]
             ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
@@ -152,9 +152,9 @@ def bootstrap_base(
                 loss.item(),
             )
 
-    vae.register_to_config(
-        scaling_factor=float(scale if scale is not None else _latent_scale(vae, data, settings))
-    )
+    if posteriors is None:
+        posteriors = _posteriors(vae, data)
+    vae.register_to_config(scaling_factor=posteriors[2])
     pipe = StableDiffusionPipeline(
         vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
         scheduler=scheduler, safety_checker=None, feature_extractor=None,
@@ -174,9 +174,15 @@ def _weighted_mean(error: torch.Tensor, masks: torch.Tensor, weight: float) -> t
 
 
 @torch.no_grad()
-def _latent_scale(vae, data: TripletData, settings: BootstrapSettings) -> float:
-    """1 / std of the latents, as SD's scaling factor makes latents unit-variance."""
-    batch = batch_indices(0, min(len(data), 64), len(data), settings.seed)
-    images, _, _ = data.batch(batch)
-    std = float(vae.encode(images).latent_dist.mean.std())
-    return 1.0 / max(std, 1e-3)
+def _posteriors(vae, data: TripletData, batch_size: int = 64) -> tuple:
+    """Every triplet's latent mean and std, and SD's scaling factor: 1 / std of the means,
+    so the scaled latents are about unit-variance."""
+    vae.eval()
+    means, stds = [], []
+    for first in range(0, len(data), batch_size):
+        images, _, _ = data.batch(list(range(first, min(first + batch_size, len(data)))))
+        posterior = vae.encode(images).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    mean, std = torch.cat(means), torch.cat(stds)
+    return mean, std, 1.0 / max(float(mean.std()), 1e-3)
