@@ -17,7 +17,6 @@ rule caption:
     benchmark:
         f"{RESULTS}/benchmarks/caption/{{split}}.part{{shard}}.tsv"
     threads: CAPTION["threads"]
-    priority: CRITICAL_PATH
     resources:
         mem_mb=4000 if CAPTION["captioner"] == "template" else 16000,
         runtime=60 if CAPTION["captioner"] == "template" else 600,
@@ -42,7 +41,6 @@ rule gather_captions:
     benchmark:
         f"{RESULTS}/benchmarks/caption/{{split}}.gather.tsv"
     threads: 1
-    priority: CRITICAL_PATH
     resources:
         mem_mb=2000,
         runtime=10,

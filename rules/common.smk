@@ -27,9 +27,6 @@ SEGMENTATION = config["segmentation"]
 SETTINGS = segmentation_settings(config)
 METRICS = config["metrics"]
 REPORT = config["report"]
-# Scheduling priority of the chain every generator waits for (prepare -> caption ->
-# bootstrap -> train_generator): on few cores, other jobs fill the gaps around it.
-CRITICAL_PATH = 10
 
 
 wildcard_constraints:

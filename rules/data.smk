@@ -13,7 +13,6 @@ rule prepare:
     benchmark:
         f"{RESULTS}/benchmarks/prepare/{{split}}.tsv"
     threads: config["resources"]["prepare_threads"]
-    priority: CRITICAL_PATH
     resources:
         mem_mb=4000,
         runtime=60,

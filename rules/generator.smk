@@ -22,7 +22,6 @@ rule bootstrap:
     benchmark:
         f"{RESULTS}/benchmarks/bootstrap.tsv"
     threads: config["bootstrap"]["threads"]
-    priority: CRITICAL_PATH
     resources:
         mem_mb=4000,
         runtime=120,
@@ -51,7 +50,6 @@ rule train_generator:
     benchmark:
         f"{RESULTS}/benchmarks/train_generator/{{generator}}.tsv"
     threads: MODEL["threads"]
-    priority: CRITICAL_PATH
     resources:
         mem_mb=8000 if MODEL["preset"] == "tiny" else 40000,
         runtime=60 if MODEL["preset"] == "tiny" else 2880,
