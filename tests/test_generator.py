@@ -55,6 +55,24 @@ def test_bootstrap_losses_weight_the_polyp():
     assert _weighted_mean(error, masks, 10.0) < error.mean()
 
 
+def test_bootstrap_resumed_in_the_unet_phase_ends_with_the_same_weights(triplets, tmp_path, caplog):
+    import logging
+
+    from ccis.generator.bootstrap import BootstrapSettings, bootstrap_base
+
+    settings = BootstrapSettings(
+        vae_steps=2, unet_steps=3, batch_size=2, resolution=32, checkpoint_every=3
+    )
+    whole = bootstrap_base(triplets, tmp_path / "whole", tmp_path / "work", settings)
+    # The finished run left its step-3 checkpoint (UNet phase): a re-run resumes there.
+    with caplog.at_level(logging.INFO, logger="ccis.generator.checkpoints"):
+        resumed = bootstrap_base(triplets, tmp_path / "resumed", tmp_path / "work", settings)
+    assert "checkpoint-3 (step 3)" in caplog.text
+    name = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(whole / name), load_file(resumed / name)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_batch_indices_are_seeded_epoch_permutations():
     first = [i for step in range(5) for i in batch_indices(step, 2, 10, seed=3)]
     assert sorted(first) == list(range(10))
