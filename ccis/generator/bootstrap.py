@@ -103,8 +103,9 @@ def bootstrap_base(
 
     write, load = _state(models, {"vae_optimizer": vae_opt, "unet_optimizer": gen_opt})
     start = resume_from(work / "checkpoints", load)
-    # The VAE is frozen once the UNet phase starts: encode every image once, not per step.
-    posteriors = _posteriors(vae, data) if start > settings.vae_steps else None
+    # The VAE is frozen once the UNet phase starts: encode every image once, not per step
+    # (on the phase's first step, which is also the first step of a run resumed past it).
+    posteriors = None
     for step in tqdm(
         range(start, total), initial=start, total=total, desc="bootstrap", mininterval=2
     ):
@@ -122,7 +123,8 @@ def bootstrap_base(
         else:
             if posteriors is None:
                 posteriors = _posteriors(vae, data)
-            mean, std, scale = posteriors[0][indices], posteriors[1][indices], posteriors[2]
+            means, stds, scale = posteriors
+            mean, std = means[indices], stds[indices]
             latents = (mean + std * torch.randn(mean.shape, generator=g)) * scale
             drop = torch.rand(len(captions), generator=g) < settings.empty_prompt_probability
             prompts = ["" if d else c for d, c in zip(drop.tolist(), captions, strict=True)]
