@@ -1,11 +1,11 @@
 """Does a trained generator follow the text? Pale versus red prompts on the same masks.
 
-For each training mask, the caption's colour words are replaced by "pale" in one prompt
-and by "red" in the other; both are generated with the same seed. The colour of the
-generated polyp (median green/red chromaticity inside the mask, as the captioner
-measures it) should be paler for "pale": the script prints, per generator, the share of
-masks where it is. With ``--sheet`` it also writes a contact sheet (mask | caption |
-one image per generator).
+The workflow's text-adherence metric (``ccis text-adherence``, Table 1) run on the first
+``--count`` training masks of a results folder, for several generators at once: for each
+mask, the caption's colour words become "pale" in one prompt and "red" in the other, both
+drawn with the same seed; it prints, per generator, the share of masks whose polyp is
+paler for "pale", with a 95 % bootstrap interval. With ``--sheet`` it also writes a
+contact sheet (mask | caption | one image per generator).
 
     python benchmarks/text_following.py [--count 40] [--sheet docs/demo_samples.png]
 """
@@ -13,7 +13,6 @@ one image per generator).
 from __future__ import annotations
 
 import argparse
-import re
 import textwrap
 from pathlib import Path
 
@@ -22,28 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ccis.caption.phrases import COLOUR_WORDS
 from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import load_sd15
-from ccis.generator.synthesize import load_branch
-
-_COLOUR = re.compile(
-    r"\b("
-    + "|".join(sorted((w for ws in COLOUR_WORDS.values() for w in ws), key=len, reverse=True))
-    + r")\b"
-)
-
-
-def recolour(caption: str, colour: str) -> str:
-    """The caption with every polyp colour phrase replaced by ``colour``."""
-    text, n = _COLOUR.subn(colour, caption, count=1)
-    return text if n else f"The polyp is {colour}. {caption}"
-
-
-def polyp_chroma(image: np.ndarray, mask: np.ndarray) -> float:
-    """Median green/red ratio of the polyp region of an RGB float image."""
-    region = image[mask > 0]
-    return float(np.median(region[:, 1]) / max(float(np.median(region[:, 0])), 1e-3))
+from ccis.generator.synthesize import condition_mask, load_branch
+from ccis.metrics.bootstrap import rate_interval
+from ccis.metrics.text_adherence import text_adherence_pairs
 
 
 def main() -> None:
@@ -55,32 +37,29 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--sheet", type=Path, help="write a contact sheet here")
     args = parser.parse_args()
-    triplets = pd.read_parquet(args.results / "captions" / f"{args.split}.parquet").head(args.count)
+    path = args.results / "captions" / f"{args.split}.parquet"
+    triplets = pd.read_parquet(path).sort_values("id").head(args.count)
     masks, captions = [], []
     for row in triplets.itertuples():
-        mask = cv2.imread(str(args.results / "captions" / row.mask), cv2.IMREAD_GRAYSCALE)
-        masks.append(cv2.resize(mask, (args.resolution,) * 2, interpolation=cv2.INTER_NEAREST))
+        masks.append(condition_mask(path.parent / row.mask, args.resolution, path, row.id)[1])
         captions.append(row.caption)
     base = load_sd15(args.results / "models" / "base")
     print(f"{len(masks)} training masks; prompts name 'pale' versus 'red'; same seed per mask")
-    print(f"{'generator':<16}{'pale paler than red':>22}")
+    print(f"{'generator':<16}{'pale paler than red':>22}{'95 % interval':>18}")
     samples = {}
+    seeds = list(range(len(masks)))
     for generator in args.generators.split(","):
         folder = args.results / "models" / generator
         if not folder.is_dir():
             print(f"{generator:<16}{'not trained':>22}")
             continue
         pipe = CCISPipeline(controlnet=load_branch(folder).eval(), **base)
-        seeds = list(range(len(masks)))
+        pale, red = text_adherence_pairs(pipe, masks, captions, seeds)
         with torch.no_grad():
-            pale = pipe([recolour(c, "pale") for c in captions], masks, seed=seeds, progress=False)
-            red = pipe([recolour(c, "red") for c in captions], masks, seed=seeds, progress=False)
             samples[generator] = pipe(captions, masks, seed=seeds, progress=False)
-        wins = [
-            polyp_chroma(p, m) > polyp_chroma(r, m)
-            for p, r, m in zip(pale, red, masks, strict=True)
-        ]
-        print(f"{generator:<16}{np.mean(wins):>21.0%}")
+        wins = (pale > red).astype(float)
+        low, high = rate_interval(wins)
+        print(f"{generator:<16}{wins.mean():>21.0%}{f'[{low:.0f}, {high:.0f}] %':>18}")
     if args.sheet:
         write_sheet(args.sheet, masks, captions, samples)
         print(f"wrote {args.sheet}")

@@ -116,9 +116,19 @@ def _cmd_train_generator(args: argparse.Namespace) -> None:
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
         blur_sigma=args.blur_sigma,
+        # Options left out take TrainSettings' defaults (written once, there).
+        **{
+            key: getattr(args, key)
+            for key in ("lambda_learning_rate", "max_grad_norm", "taam_lambda")
+            if getattr(args, key) is not None
+        },
     )
-    channels = tuple(int(c) for c in args.conditioning_channels.split(","))
-    train_branch(args.generator, args.triplets, args.base, args.out, args.work, settings, channels)
+    shapes = {
+        key: tuple(int(c) for c in getattr(args, key).split(","))
+        for key in ("conditioning_channels", "extractor_channels", "inject_channels")
+        if getattr(args, key)
+    }
+    train_branch(args.generator, args.triplets, args.base, args.out, args.work, settings, **shapes)
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> None:
@@ -282,7 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     tg.add_argument("--gradient-checkpointing", action="store_true")
     tg.add_argument("--blur-sigma", type=float, default=0.03)
-    tg.add_argument("--conditioning-channels", default="16,32,96,256")
+    tg.add_argument("--taam-lambda", type=float, help="TAAM's λ at the start (default 1)")
+    tg.add_argument("--lambda-learning-rate", type=float, help="TAAM λ's learning rate (1e-3)")
+    tg.add_argument("--max-grad-norm", type=float, help="gradient-norm clip, 0: off (1.0)")
+    tg.add_argument("--conditioning-channels", help="CCIS/ControlNet mask encoder (16,32,96,256)")
+    tg.add_argument("--extractor-channels", help="Uni-ControlNet extractor stem (32,64,128)")
+    tg.add_argument("--inject-channels", help="Uni-ControlNet per level (192,256,384,512)")
     tg.add_argument("--seed", type=int, default=0)
     tg.add_argument("--threads", type=int, default=None)
     tg.set_defaults(func=_cmd_train_generator)

@@ -148,12 +148,25 @@ def _segmentation_problems(config: dict, workdir: Path) -> list[str]:
     return problems
 
 
+# The step-matched control: the real set twice per epoch, as many optimiser steps as
+# real + one synthetic set (one synthetic image per training mask).
+STEP_MATCHED = "real_x2"
+
+
 def segmentation_settings(config: dict) -> list[str]:
-    """Training-set settings of Table 3: ``real`` and ``real+<gen>`` per synthetic set."""
+    """Training-set settings of Table 3: ``real``, the step-matched ``real_x2`` (when there
+    is a synthetic setting and ``segmentation.step_matched``) and ``real+<gen>`` per
+    synthetic set."""
     synthetic = config["segmentation"]["synthetic"]
     if synthetic is None:
         synthetic = config["generators"]
-    return ["real", *(f"real+{gen}" for gen in synthetic)]
+    matched = [STEP_MATCHED] if synthetic and config["segmentation"]["step_matched"] else []
+    return ["real", *matched, *(f"real+{gen}" for gen in synthetic)]
+
+
+def setting_repeat(setting: str) -> int:
+    """How many times a setting lists the real pairs per epoch."""
+    return 2 if setting == STEP_MATCHED else 1
 
 
 def train_split(config: dict) -> str:

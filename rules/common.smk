@@ -3,8 +3,14 @@ import json
 import shlex
 from pathlib import Path
 
-from ccis.config import ConfigError, segmentation_settings, train_split, validate_config
-from ccis.generator import GENERATORS as ALL_GENERATORS
+from ccis.config import (
+    ConfigError,
+    segmentation_settings,
+    setting_repeat,
+    train_split,
+    validate_config,
+)
+from ccis.generator import ABLATIONS, GENERATORS as ALL_GENERATORS, REGISTRY
 
 
 try:
@@ -34,7 +40,7 @@ wildcard_constraints:
     shard=r"\d+",
     generator="|".join(ALL_GENERATORS),
     model="pranet|polyp_pvt",
-    setting=r"real(\+[a-z_]+)?",
+    setting=r"real(_x2|\+[a-z_]+)?",
     seed=r"\d+",
 
 
@@ -105,8 +111,14 @@ def train_args():
         "--empty-prompt-probability", train["empty_prompt_probability"],
         "--mixed-precision", train["mixed_precision"],
         "--blur-sigma", train["blur_sigma"],
+        "--taam-lambda", train["taam_lambda"],
+        "--lambda-learning-rate", train["lambda_learning_rate"],
+        "--max-grad-norm", train["max_grad_norm"],
         "--seed", train["seed"],
         "--conditioning-channels", ",".join(str(c) for c in MODEL["conditioning_channels"]),
+        "--extractor-channels",
+        ",".join(str(c) for c in MODEL["unicontrolnet"]["extractor_channels"]),
+        "--inject-channels", ",".join(str(c) for c in MODEL["unicontrolnet"]["inject_channels"]),
     ]
     if train["gradient_checkpointing"]:
         args.append("--gradient-checkpointing")
@@ -176,10 +188,13 @@ def launcher(command, gpus):
     return f"ccis {command}"
 
 
-def segmentation_args(model):
-    """Command-line arguments of `ccis train-segmenter` for one model (explicit, no config)."""
+def segmentation_args(model, setting):
+    """Command-line arguments of `ccis train-segmenter` for one model and training setting
+    (explicit, no config)."""
     seg, net = SEGMENTATION, SEGMENTATION[model]
     args = [
+        "--repeat", setting_repeat(setting),
+        "--loss", seg["loss"],
         "--backbone", net["backbone"],
         "--epochs", net["epochs"],
         "--learning-rate", net["learning_rate"],
@@ -192,6 +207,8 @@ def segmentation_args(model):
     ]
     if net["pretrained_file"]:
         args += ["--pretrained-file", net["pretrained_file"]]
+    if not seg["soft_masks"]:
+        args.append("--binary-masks")
     return quoted(args)
 
 
@@ -211,9 +228,14 @@ def fidelity_segmenter():
     return f"{RESULTS}/segmentation/{judge['model']}/real/seed{judge['seed']}/model"
 
 
+def taam_generators():
+    """Configured generators whose branch has TAAM (they log λ per block)."""
+    return [g for g in GENERATORS if REGISTRY[g].switches.get("taam")]
+
+
 def ablation_generators():
     """Generators of the Fig. 4 ablation grid (CCIS-Diff and its ablations present)."""
-    return [g for g in ("ccis", "ccis_no_bmws", "ccis_no_taam") if g in GENERATORS]
+    return [g for g in ("ccis", *ABLATIONS) if g in GENERATORS]
 
 
 def report_caption(name):

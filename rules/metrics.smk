@@ -1,5 +1,42 @@
-# Generation metrics (paper Table 1 plus two automated user-study stand-ins): FID, CLIP-score,
-# CLIP-image, attribute agreement and mask fidelity per generator, then the table.
+# Generation metrics (paper Table 1 plus three automated user-study stand-ins): FID,
+# CLIP-score, CLIP-image, text adherence, attribute agreement and mask fidelity per
+# generator, then the table. Text adherence draws its own images (pale vs red prompts on
+# every training mask), so it is a job of its own.
+
+
+rule text_adherence:
+    input:
+        triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
+        branch=f"{RESULTS}/models/{{generator}}",
+        base=base_inputs(),
+    output:
+        f"{RESULTS}/metrics/{{generator}}.text_adherence.parquet",
+    params:
+        base=base_path,
+        args=quoted(
+            [
+                "--steps", config["synthesis"]["steps"],
+                "--guidance-scale", config["synthesis"]["guidance_scale"],
+                "--batch-size", config["synthesis"]["batch_size"],
+                "--seed", config["synthesis"]["seed"],
+            ]
+        ),
+        model=model_args(),
+    log:
+        f"{RESULTS}/logs/text_adherence/{{generator}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/text_adherence/{{generator}}.tsv"
+    threads: MODEL["threads"]
+    resources:
+        mem_mb=4000 if MODEL["preset"] == "tiny" else 24000,
+        runtime=30 if MODEL["preset"] == "tiny" else 720,
+        gpu=min(1, config["train"]["gpus"]),
+    conda:
+        "../envs/ccis.yaml"
+    shell:
+        "ccis text-adherence --base {params.base} --branch {input.branch}"
+        " --triplets {input.triplets} --out {output} {params.args} {params.model}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule metrics_generation:
@@ -7,9 +44,11 @@ rule metrics_generation:
         synthetic=f"{RESULTS}/synthetic/{{generator}}.parquet",
         real=f"{RESULTS}/captions/{TRAIN}.parquet",
         segmenter=fidelity_segmenter(),
+        text=f"{RESULTS}/metrics/{{generator}}.text_adherence.parquet",
         clip=local_file(METRICS["clip_pretrained"]),
     output:
-        f"{RESULTS}/metrics/{{generator}}.json",
+        json=f"{RESULTS}/metrics/{{generator}}.json",
+        per_image=f"{RESULTS}/metrics/{{generator}}.per_image.parquet",
     params:
         clip=lambda wildcards: quoted(
             ["--clip-model", METRICS["clip_model"]]
@@ -29,14 +68,17 @@ rule metrics_generation:
         "../envs/ccis.yaml"
     shell:
         "ccis metrics-generation --generator {wildcards.generator} --synthetic {input.synthetic}"
-        " --real {input.real} --segmenter {input.segmenter} --out {output} {params.clip}"
+        " --real {input.real} --segmenter {input.segmenter} --out {output.json}"
+        " --per-image {output.per_image} --text-adherence {input.text} {params.clip}"
         " --fid-mode {params.fid_mode} --batch-size {params.batch} --threads {threads}"
         " > {log} 2>&1"
 
 
 rule generation_table:
     input:
-        expand(f"{RESULTS}/metrics/{{generator}}.json", generator=GENERATORS),
+        metrics=expand(f"{RESULTS}/metrics/{{generator}}.json", generator=GENERATORS),
+        # read through the paths the JSON files name (paired differences)
+        per_image=expand(f"{RESULTS}/metrics/{{generator}}.per_image.parquet", generator=GENERATORS),
     output:
         csv=report(
             f"{RESULTS}/report/table1_generation.csv",
@@ -58,4 +100,4 @@ rule generation_table:
         "../envs/ccis.yaml"
     shell:
         "ccis generation-table --out-csv {output.csv} --out-md {output.md} {params.paper}"
-        " {input} > {log} 2>&1"
+        " {input.metrics} > {log} 2>&1"

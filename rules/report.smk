@@ -73,6 +73,29 @@ rule figure_losses:
         "ccis figure-losses {params.branches} --out {output} > {log} 2>&1"
 
 
+rule taam_lambda_table:
+    input:
+        expand(f"{RESULTS}/models/{{generator}}", generator=taam_generators()),
+    output:
+        f"{RESULTS}/report/taam_lambda.md",
+    params:
+        branches=lambda wildcards, input: branch_args(input),
+        start=config["train"]["taam_lambda"],
+    log:
+        f"{RESULTS}/logs/report/taam_lambda.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/taam_lambda.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/ccis.yaml"
+    shell:
+        "ccis taam-lambda-table {params.branches} --start {params.start} --out-md {output}"
+        " > {log} 2>&1"
+
+
 rule figure_segmentation:
     input:
         segmentation_runs("per_image.parquet"),
@@ -119,6 +142,7 @@ rule report:
     input:
         table1=f"{RESULTS}/report/table1_generation.md",
         table3=f"{RESULTS}/report/table3_segmentation.md",
+        taam=f"{RESULTS}/report/taam_lambda.md" if taam_generators() else [],
         fig3=f"{RESULTS}/report/figures/fig3.png",
         fig4=f"{RESULTS}/report/figures/fig4.png" if len(ablation_generators()) > 1 else [],
         losses=f"{RESULTS}/report/figures/losses.png",
@@ -137,6 +161,8 @@ rule report:
                 "--table", f"Table 1 – generation metrics={input.table1}",
                 "--table", f"Table 3 – segmentation (mDice / mIoU)={input.table3}",
             ]
+            + (["--table", f"TAAM λ per block, start and end of training={input.taam}"]
+               if input.taam else [])
         ),
         figures=lambda wildcards, input: quoted(
             [
@@ -144,7 +170,7 @@ rule report:
                 for title, path, caption in (
                     ("Fig. 3 – masks × prompts × generators", input.fig3, "fig3"),
                     ("Fig. 4 – ablations", input.fig4, "fig4"),
-                    ("Generator training loss", input.losses, "losses"),
+                    ("Generator training loss and TAAM λ", input.losses, "losses"),
                     ("Segmentation, mean ± std over seeds", input.segmentation, "segmentation"),
                 )
                 if path

@@ -7,9 +7,9 @@ rule train_segmenter:
     input:
         real=f"{RESULTS}/data/{TRAIN}.parquet",
         synthetic=lambda wildcards: (
-            []
-            if wildcards.setting == "real"
-            else [f"{RESULTS}/synthetic/{wildcards.setting.split('+', 1)[1]}.parquet"]
+            [f"{RESULTS}/synthetic/{wildcards.setting.split('+', 1)[1]}.parquet"]
+            if "+" in wildcards.setting
+            else []
         ),
         weights=lambda wildcards: local_file(SEGMENTATION[wildcards.model]["pretrained_file"]),
     output:
@@ -21,7 +21,7 @@ rule train_segmenter:
         work=lambda wildcards: (
             f"{RESULTS}/work/segmentation/{wildcards.model}/{wildcards.setting}/seed{wildcards.seed}"
         ),
-        args=lambda wildcards: segmentation_args(wildcards.model),
+        args=lambda wildcards: segmentation_args(wildcards.model, wildcards.setting),
         # Several GPUs: one process each through `accelerate launch` (same code path).
         command=launcher("train-segmenter", SEGMENTATION["gpus"]),
     log:

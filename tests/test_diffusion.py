@@ -92,10 +92,16 @@ def test_switches_change_the_modules_and_survive_save_load(base, tmp_path):
     full = _branch(base)
     assert type(full.controlnet_cond_embedding).__name__ == "MaskConditioningEmbedding"
     assert full.taam_lambdas().shape == (len(full.transformer_blocks()),)
-    assert float(full.taam_lambdas().detach().max()) < 0.05  # starts near plain attention
+    # λ starts where the bias matters: log(1 + λ·S) doubles the most text-relevant key.
+    torch.testing.assert_close(
+        full.taam_lambdas().detach(), torch.ones(len(full.transformer_blocks()))
+    )
+    assert _branch(base, taam_lambda=0.25).taam_lambdas().detach()[0] == pytest.approx(0.25)
     no_taam, no_bmws = _branch(base, taam=False), _branch(base, bmws=False)
+    no_reinject = _branch(base, reinject=False)
     assert no_taam.taam_lambdas() is None and not hasattr(no_bmws, "blur_reinjection")
-    assert not hasattr(no_taam, "blur_reinjection")  # re-injection belongs to TAAM too
+    assert hasattr(no_taam, "blur_reinjection")  # w/o TAAM keeps the re-injection
+    assert not hasattr(no_reinject, "blur_reinjection") and no_reinject.taam_lambdas() is not None
     _perturb_zero_layers(full)
     full.save_pretrained(tmp_path / "branch")
     assert sorted(p.name for p in (tmp_path / "branch").iterdir()) == [
@@ -108,6 +114,108 @@ def test_switches_change_the_modules_and_survive_save_load(base, tmp_path):
         b = loaded(latents, t, text, masks, text_key_mask=attention.bool(), return_dict=False)
     for x, y in zip([*a[0], a[1]], [*b[0], b[1]], strict=True):
         torch.testing.assert_close(x, y)
+
+
+def _same_weights(source, target) -> None:
+    """Load ``source``'s weights into ``target`` (which has a subset of its parameters)."""
+    own = target.state_dict()
+    target.load_state_dict({k: v for k, v in source.state_dict().items() if k in own}, strict=True)
+
+
+def _text(base, prompts):
+    tokens = base["tokenizer"](prompts, padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        return base["text_encoder"](tokens.input_ids)[0], tokens.attention_mask.bool()
+
+
+def test_taam_at_lambda_one_acts_on_prompts_and_not_on_the_empty_prompt(base):
+    full = _branch(base)
+    _perturb_zero_layers(full)  # the branch's outputs as after some training
+    no_taam = _branch(base, taam=False)
+    _same_weights(full, no_taam)
+    latents, t, _, masks, _ = _inputs(base, batch=2)
+
+    def residuals(model, prompts):
+        text, keys = _text(base, prompts)
+        with torch.no_grad():
+            down, mid = model(latents, t, text, masks, text_key_mask=keys, return_dict=False)
+        return torch.cat([r.flatten(1) for r in [*down, mid]], dim=1)
+
+    prompts = PROMPTS[:2]
+    on, off = residuals(full, prompts), residuals(no_taam, prompts)
+    # The bias changes every image's residuals by a visible share (at λ = 0.018 it was ~50×
+    # smaller).
+    change = (on - off).norm(dim=1) / off.norm(dim=1)
+    assert float(change.min()) > 0.01, change
+    # The empty prompt (CFG's unconditional half) has S = 0: no bias, the same residuals.
+    torch.testing.assert_close(residuals(full, ["", ""]), residuals(no_taam, ["", ""]),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_reinjection_has_an_effect_of_its_own(base):
+    full = _branch(base)
+    _perturb_zero_layers(full)
+    no_reinject = _branch(base, reinject=False)
+    _same_weights(full, no_reinject)
+    latents, t, text, masks, keys = _inputs(base, batch=2)
+    with torch.no_grad():
+        a = full(latents, t, text, masks, text_key_mask=keys.bool(), return_dict=False)[1]
+        b = no_reinject(latents, t, text, masks, text_key_mask=keys.bool(), return_dict=False)[1]
+    assert float((a - b).norm() / b.norm()) > 0.01
+
+
+def test_each_ablation_differs_from_ccis_in_the_switch_it_names(base):
+    from ccis.generator import ABLATIONS, REGISTRY
+    from ccis.generator.train import build_branch
+
+    def config(name):
+        model = build_branch(name, base["unet"], TINY_CONDITIONING_CHANNELS)
+        return {k: v for k, v in model.config.items() if not k.startswith("_")}
+
+    full = config("ccis")
+    named = {"ccis_no_bmws": {"bmws"}, "ccis_no_taam": {"taam"},
+             "ccis_no_reinject": {"reinject"}, "controlnet": {"bmws", "taam", "reinject"}}  # fmt: skip
+    assert set(ABLATIONS) == {"ccis_no_bmws", "ccis_no_taam", "ccis_no_reinject"}
+    for name, switches in named.items():
+        other = config(name)
+        assert {k for k in full if full[k] != other[k]} == switches, name
+        assert all(not other[k] for k in switches) and REGISTRY[name].switches == {
+            k: k not in switches for k in ("bmws", "taam", "reinject")}  # fmt: skip
+        assert name == "controlnet" or REGISTRY[name].removes
+
+
+def test_bmws_gate_reads_the_encoders_hidden_features(base):
+    """The gate's input is the two encoders' features before their zero-initialised
+    outputs: non-zero from the start, so its gradient is first order in the outputs'
+    weights (reading the outputs, it was second order and the gate learned last)."""
+    from ccis.diffusion.bmws import blur_mask
+
+    embedding = _branch(base).controlnet_cond_embedding
+    masks = masks_to_tensor([render_phantom(0, 0, i, 64, 64).mask for i in range(2)])
+    with torch.no_grad():
+        hidden = embedding._both_hidden(masks, blur_mask(masks, embedding.blur_sigma))
+    assert all(float(h.abs().max()) > 1e-2 for h in hidden)
+    assert float(embedding.conv_out.weight.abs().max()) == 0  # the outputs start at zero
+    g = torch.Generator().manual_seed(0)
+    directions = [torch.randn(c.weight.shape, generator=g)
+                  for c in (embedding.conv_out, embedding.blur_embedding.conv_out)]  # fmt: skip
+    upstream = torch.randn(embedding(masks).shape, generator=g)
+
+    initial = {k: v.clone() for k, v in embedding.state_dict().items()}
+
+    def first_layer_gradient(size: float) -> float:
+        e = embedding
+        e.load_state_dict(initial)
+        e.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for conv, direction in zip((e.conv_out, e.blur_embedding.conv_out), directions,
+                                       strict=True):  # fmt: skip
+                conv.weight.copy_(size * direction)
+        (e(masks) * upstream).sum().backward()
+        return float(e.weighting.mlp[0].weight.grad.norm())
+
+    ratio = first_layer_gradient(1e-2) / first_layer_gradient(1e-3)
+    assert 7 < ratio < 14, ratio  # ~10: first order (second order would be ~100)
 
 
 def test_content_token_mask_drops_start_end_and_padding(base):

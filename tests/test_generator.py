@@ -119,11 +119,30 @@ def test_training_resumes_after_sigkill_and_matches_an_uninterrupted_run(triplet
     assert "resumed from" in resumed.stderr and "(step 8)" in resumed.stderr
     loss = pd.read_csv(tmp_path / "b" / "loss.csv")
     assert loss["step"].tolist() == list(range(1, 17))  # no step lost, none twice
+    # TAAM's λ is logged per block and has moved from its start (1.0) in 16 steps, in every
+    # block with more than one token. (At 32 px the mid block sees a 1×1 latent: attention
+    # over a single key ignores any bias, so its λ gets no gradient and stays.)
+    moved = (loss[["lambda_0", "lambda_1", "lambda_2"]].iloc[-1] - 1.0).abs()
+    assert moved["lambda_0"] > 1e-3 and moved["lambda_1"] > 1e-3 and moved["lambda_2"] == 0
     a = load_file(tmp_path / "a" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "b" / "diffusion_pytorch_model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
     assert any(float(v.abs().max()) > 0 for k, v in a.items() if "controlnet_down_blocks" in k)
+
+
+def test_gradient_norm_clipping_bounds_the_update(triplets, base, tmp_path):
+    """Clipped to a norm far below Adam's ε, the step nearly vanishes: the clip acts."""
+    moved = {}
+    for name, extra in (("default", []), ("clipped", ["--max-grad-norm", "1e-10"])):
+        cmd = _train_cmd(triplets, base, tmp_path / name, tmp_path / f"w{name}", steps=3) + extra
+        done = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        assert ("gradient norm clip 1e-10" in done.stderr) == (name == "clipped")
+        weights = load_file(tmp_path / name / "diffusion_pytorch_model.safetensors")
+        moved[name] = max(float(v.abs().max()) for k, v in weights.items()
+                          if k.startswith("controlnet_down_blocks") and k.endswith("weight"))  # fmt: skip
+    assert moved["default"] > 1e-3 and moved["clipped"] < 0.1 * moved["default"], moved
 
 
 def test_corrupted_checkpoint_is_a_clear_error(triplets, base, tmp_path):
@@ -170,37 +189,94 @@ def test_synthesis_resumes_after_a_kill(triplets, base, tmp_path):
         image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / row.image))
         mask = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / row.mask))
         assert image.shape[:2] == mask.shape == (80, 96) and set(np.unique(mask)) <= {0, 255}
+    # Text adherence on the same branch: one row per training mask with a polyp.
+    text = subprocess.run(
+        [sys.executable, "-m", "ccis.cli", "text-adherence", "--base", str(base), "--branch",
+         str(tmp_path / "branch"), "--triplets", str(triplets), "--out",
+         str(tmp_path / "text.parquet"), "--steps", "2", "--resolution", "32", "--batch-size",
+         "3", "--threads", "1"],
+        env=run_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert text.returncode == 0, text.stderr
+    rows = pd.read_parquet(tmp_path / "text.parquet")
+    assert len(rows) == 8 and rows["real_id"].is_unique
+    assert np.isfinite(rows[["chroma_pale", "chroma_red"]].to_numpy()).all()
+    assert (rows["text_win"] == (rows["chroma_pale"] > rows["chroma_red"])).all()
 
 
-def test_uni_controlnet_adapter(base, tmp_path):
+def test_recolour_and_polyp_chroma():
+    from ccis.metrics.text_adherence import polyp_chroma, recolour
+
+    assert recolour("The polyp is reddish and round.", "pale") == "The polyp is pale and round."
+    assert recolour("A round polyp.", "red") == "The polyp is red. A round polyp."
+    image = np.zeros((4, 4, 3))
+    image[..., 0], image[:2, :, 1] = 0.8, 0.6  # top half paler (more green)
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:2] = 255
+    assert polyp_chroma(image, mask) == pytest.approx(0.75)
+    assert np.isnan(polyp_chroma(image, np.zeros((4, 4))))
+
+
+def test_uni_controlnet_adapter_as_the_reference_builds_it(base, tmp_path):
     from ccis.diffusion.presets import load_sd15
-    from ccis.diffusion.unicontrolnet import FDNGroupNorm, UniControlNetAdapter
+    from ccis.diffusion.unicontrolnet import FDN, UniControlNetAdapter
     from ccis.generator.train import build_branch
 
     parts = load_sd15(base)
-    adapter = build_branch("unicontrolnet", parts["unet"], (4, 4, 4, 4))
-    assert isinstance(adapter, UniControlNetAdapter)
-    assert all(isinstance(b.resnets[0].norm1, FDNGroupNorm) for b in adapter.down_blocks)
-    torch.testing.assert_close(adapter.down_blocks[0].resnets[0].norm1.weight,
-                               parts["unet"].down_blocks[0].resnets[0].norm1.weight)  # fmt: skip
-    latents, text = (
-        torch.randn(2, 4, 4, 4),
-        torch.randn(2, 77, parts["unet"].config.cross_attention_dim),
+    unet = parts["unet"]
+    inject = (6, 8, 10)[: len(unet.down_blocks)]
+    adapter = build_branch(
+        "unicontrolnet", unet, (4, 4, 4, 4), extractor_channels=(4, 6, 8), inject_channels=inject
     )
-    masks = (torch.rand(2, 1, 32, 32) > 0.5).float()
-    down, mid = adapter(latents, torch.tensor([5, 9]), text, masks, return_dict=False)
-    assert all(float(r.detach().abs().max()) == 0 for r in [*down, mid])  # zero start
-    # FDN modulates: with non-zero γ/β, the mask changes the encoder features.
+    assert isinstance(adapter, UniControlNetAdapter)
+    for level, block in enumerate(adapter.down_blocks):
+        resnet = block.resnets[0]
+        for norm in (resnet.norm1, resnet.norm2):  # FDN on both norms, parameter-free GN
+            assert isinstance(norm, FDN) and norm.level == level and not norm.norm.affine
+            assert norm.gamma.in_channels == inject[level]
+        assert all(not isinstance(r.norm1, FDN) for r in block.resnets[1:])
+    # SD's affine weights of the replaced norms are dropped, the rest copy the UNet.
+    assert not any(k.startswith("down_blocks.") and ".resnets.0.norm1.weight" in k
+                   for k in adapter.state_dict())  # fmt: skip
+    torch.testing.assert_close(adapter.down_blocks[0].resnets[0].conv1.weight,
+                               unet.down_blocks[0].resnets[0].conv1.weight)  # fmt: skip
+    extractor = adapter.controlnet_cond_embedding.extractor
+    assert [z.out_channels for z in extractor.zero_convs] == list(inject)
+
+    side = 8 * unet.config.sample_size
+    latents = torch.randn(2, 4, side // 8, side // 8)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim)
+    masks = (torch.rand(2, 1, side, side) > 0.5).float()
+    t = torch.tensor([5, 9])
+    maps = extractor(masks)
+    assert [m.shape[-1] for m in maps] == [side // 8 // 2**k for k in range(len(inject))]
+    # Zero start: the frozen UNet's prediction is unchanged.
+    down, mid = adapter(latents, t, text, masks, return_dict=False)
+    assert all(float(r.detach().abs().max()) == 0 for r in [*down, mid])
     with torch.no_grad():
-        for p in adapter.parameters():
-            if p.abs().max() == 0:
-                p.add_(0.05 * torch.randn_like(p))
-        a = adapter(latents, torch.tensor([5, 9]), text, masks, return_dict=False)[1]
-        b = adapter(latents, torch.tensor([5, 9]), text, 1 - masks, return_dict=False)[1]
+        plain = unet(latents, t, encoder_hidden_states=text).sample
+        steered = unet(latents, t, encoder_hidden_states=text,
+                       down_block_additional_residuals=down, mid_block_additional_residual=mid).sample  # fmt: skip
+    assert torch.equal(plain, steered)
+    # Once the outputs have moved, gradients reach every level's zero convolution.
+    with torch.no_grad():
+        for conv in [*adapter.controlnet_down_blocks, adapter.controlnet_mid_block]:
+            conv.weight.add_(0.05 * torch.randn_like(conv.weight))
+    down, mid = adapter(latents, t, text, masks, return_dict=False)
+    sum(r.square().mean() for r in [*down, mid]).backward()
+    for level, zero in enumerate(extractor.zero_convs):
+        assert float(zero.weight.grad.abs().sum()) > 0, level
+    # FDN modulates: with non-zero level maps, the mask changes the encoder features.
+    with torch.no_grad():
+        for zero in extractor.zero_convs:
+            zero.weight.add_(0.05 * torch.randn_like(zero.weight))
+        a = adapter(latents, t, text, masks, return_dict=False)[1]
+        b = adapter(latents, t, text, 1 - masks, return_dict=False)[1]
     assert not torch.allclose(a, b)
     adapter.save_pretrained(tmp_path / "uni")
     loaded = UniControlNetAdapter.from_pretrained(tmp_path / "uni")
+    assert list(loaded.config.inject_channels) == list(inject)
     with torch.no_grad():
-        torch.testing.assert_close(
-            loaded(latents, torch.tensor([5, 9]), text, masks, return_dict=False)[1], a
-        )
+        torch.testing.assert_close(loaded(latents, t, text, masks, return_dict=False)[1], a)
+    with pytest.raises(ValueError, match="inject_channels has 1 levels"):
+        build_branch("unicontrolnet", unet, (4, 4, 4, 4), inject_channels=(8,))

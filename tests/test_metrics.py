@@ -251,10 +251,11 @@ def test_generation_metrics_json_and_table(tmp_path, tiny_clip):
     manifest, triplets = make_sets(tmp_path / "a", n=4)
     out = tmp_path / "metrics" / "ccis.json"
     per_image = tmp_path / "metrics" / "ccis.parquet"
+    text = _text_table(tmp_path / "ccis.text.parquet", [True, True, True, False])
     report = generation_metrics(
         "ccis", manifest, triplets, out, clip_model=config, clip_pretrained=weights,
         segment=lambda b: [np.ones(i.shape[:2]) for i in b], fid_feature_extractor=TinyFeatures(),
-        device="cpu", batch_size=3, per_image=per_image,
+        device="cpu", batch_size=3, per_image=per_image, text_adherence=text,
     )  # fmt: skip
     written = json.loads(out.read_text())
     assert written == report and written["n_synthetic"] == 4
@@ -263,7 +264,13 @@ def test_generation_metrics_json_and_table(tmp_path, tiny_clip):
     assert metrics["fid"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["clip_image"]["value"] == pytest.approx(100.0, abs=1e-3)
     assert metrics["clip_score"]["n_truncated_captions"] == 1
-    assert len(pd.read_parquet(per_image)) == 4
+    assert metrics["text_adherence"]["value"] == pytest.approx(75.0)
+    low, high = metrics["text_adherence"]["ci95"]
+    assert 0 <= low <= 75.0 <= high <= 100
+    assert metrics["attribute_agreement"]["ci95"][0] <= metrics["attribute_agreement"]["value"]
+    rows = pd.read_parquet(per_image)
+    assert len(rows) == 4 and rows["text_win"].tolist() == [True, True, True, False]
+    assert written["per_image"] == "ccis.parquet"
 
     # Offline defaults through the CLI: no Inception file, no cached tag, no segmenter.
     manifest_b, triplets_b = make_sets(tmp_path / "b", n=3, swap=True, generator="controlnet")
@@ -273,6 +280,8 @@ def test_generation_metrics_json_and_table(tmp_path, tiny_clip):
         "--real", str(triplets_b), "--out", str(out_b), "--clip-model", "ViT-B-32",
         "--clip-pretrained", "openai", "--clip-cache", str(tmp_path / "cache"),
         "--inception-dir", str(tmp_path), "--device", "cpu", "--threads", "1",
+        "--per-image", str(tmp_path / "metrics" / "controlnet.parquet"),
+        "--text-adherence", str(_text_table(tmp_path / "cn.text.parquet", [False] * 3)),
     ])  # fmt: skip
     assert code == 0
     offline = json.loads(out_b.read_text())["metrics"]
@@ -290,6 +299,44 @@ def test_generation_metrics_json_and_table(tmp_path, tiny_clip):
     markdown = md_path.read_text()
     assert "not computed [1]" in markdown and "inception-2015-12-05.pt" in markdown
     assert "71.73" in markdown and "ControlNet" in markdown
+    assert "75.0 [" in markdown  # value with its interval
+    # Paired over the 3 masks both have: ccis wins on 3, controlnet on none.
+    assert "| ControlNet | Text adherence | +100.0 * | [+100.0, +100.0] | 3 |" in markdown
+    assert "| ControlNet | Attribute agreement |" in markdown
+
+
+def _text_table(path: Path, wins: list[bool]) -> Path:
+    """A ccis text-adherence table for the first len(wins) phantom masks of make_sets."""
+    frame = pd.DataFrame({
+        "real_id": [f"phantom-{i:02d}" for i in range(len(wins))],
+        "chroma_pale": [0.6 if w else 0.4 for w in wins], "chroma_red": [0.5] * len(wins),
+        "text_win": wins,
+    })  # fmt: skip
+    frame.to_parquet(path)
+    return path
+
+
+def test_bootstrap_intervals_and_paired_differences():
+    from ccis.metrics.bootstrap import paired_difference, rate, rate_interval
+
+    rng = np.random.default_rng(0)
+    wins = (rng.random(200) < 0.7).astype(float)
+    low, high = rate_interval(wins)
+    assert low < rate(wins) < high and high - low < 20  # n = 200: about ±6.4 points
+    assert rate_interval(wins) == (low, high)  # seeded
+    # Columns with gaps (NaN: not stated) are rates over the images that state them.
+    matrix = np.array([[1, np.nan], [0, 1], [1, 1], [1, 0]], float)
+    assert rate(matrix) == pytest.approx(100 * (0.75 + 2 / 3) / 2)
+    # Identical generators differ by exactly zero; a clear gap is outside the interval.
+    assert paired_difference(wins, wins) == (0.0, 0.0, 0.0)
+    better = np.maximum(wins, (rng.random(200) < 0.5).astype(float))
+    delta, low, high = paired_difference(better, wins)
+    assert delta > 0 and low > 0
+    shuffled = rng.permutation(wins)  # the same rate, unrelated per mask
+    delta, low, high = paired_difference(shuffled, wins)
+    assert delta == 0 and low < 0 < high
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(wins, wins[:10])
 
 
 def test_bad_input_names_the_file(tmp_path):

@@ -187,6 +187,39 @@ def test_structure_loss_weights_the_bce_term():
     assert diff.item() > 0.05
 
 
+def test_reference_structure_loss_is_what_the_released_code_computes():
+    torch.manual_seed(1)
+    mask = torch.zeros(2, 1, 40, 40)
+    mask[0, :, 10:25, 12:30] = 1
+    mask[1, :, 5:15, 5:15] = 1
+    logits = torch.randn(2, 1, 40, 40)
+    weights = boundary_weights(mask)
+    # The references' arithmetic, step by step: reduce='none' is truthy, so the BCE is one
+    # mean over the batch, and "weighting" that scalar leaves it unchanged.
+    wbce = F.binary_cross_entropy_with_logits(logits, mask, reduce="none")
+    wbce = (weights * wbce).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
+    prob = torch.sigmoid(logits)
+    inter = ((prob * mask) * weights).sum(dim=(2, 3))
+    union = ((prob + mask) * weights).sum(dim=(2, 3))
+    wiou = 1 - (inter + 1) / (union - inter + 1)
+    want = (wbce + wiou).mean()
+    got = structure_loss(logits, mask, form="reference")
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # Its BCE ignores the boundary weights, the weighted form does not.
+    assert structure_loss(logits, mask, weights * 0 + 1, "reference") != pytest.approx(
+        structure_loss(logits, mask, weights * 0 + 1, "weighted").item() + 1)  # fmt: skip
+    heavier = weights.clone()
+    heavier[:, :, 0, 0] = 50.0
+    logits[:, :, 0, 0] = 8.0
+    for form, moves in (("reference", False), ("weighted", True)):
+        delta = structure_loss(logits, mask, heavier, form) - structure_loss(
+            logits, mask, weights, form
+        )
+        assert (abs(delta.item()) > 0.05) == moves, form
+    with pytest.raises(ValueError, match="unknown structure-loss form 'dice'"):
+        structure_loss(logits, mask, form="dice")
+
+
 # ---------------------------------------------------------------- data, training, resume
 
 
@@ -225,12 +258,23 @@ def micro(tmp_path_factory) -> dict[str, Path]:
 TRAIN_KW = dict(batch_size=4, size=64, scales=(0.5, 1.0), clip=0.5, seed=3, threads=1)
 
 
-def test_data_reads_manifests_and_binarises_masks(micro, tmp_path):
+def test_data_reads_manifests_with_antialiased_soft_or_binary_masks(micro, tmp_path):
     data = SegmentationData([micro["train"], micro["test"]], 64)
     assert len(data) == 12 and data.images.shape == (12, 64, 64, 3)
-    assert set(np.unique(data.masks)) == {0, 1}
     images, masks = data.batch(np.array([0, 3]))
     assert images.shape == (2, 3, 64, 64) and masks.shape == (2, 1, 64, 64)
+    # Soft masks, as the references' ToTensor of a resized mask: edge pixels in (0, 1).
+    assert float(masks.min()) == 0 and float(masks.max()) == 1
+    assert bool(((masks > 0) & (masks < 1)).any())
+    binary = SegmentationData([micro["train"]], 64, soft_masks=False)
+    assert set(np.unique(binary.batch(np.arange(8))[1].numpy())) == {0.0, 1.0}
+    # Shrinking is antialiased (PIL's bilinear widens its kernel): a 1-pixel checkerboard
+    # averages to grey, where a plain bilinear sample would keep full contrast.
+    from ccis.common.images import resize_antialiased
+
+    board = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    small = resize_antialiased(board, 16).astype(float)
+    assert small.std() < 10 and abs(small.mean() - 127.5) < 10
     assert scale_sizes(352, [0.75, 1, 1.25]) == [256, 352, 448]
     bad = write_manifest(
         [dict(id="x", source="s", split="s", image="nope.png", mask="nope_mask.png")],
@@ -238,6 +282,29 @@ def test_data_reads_manifests_and_binarises_masks(micro, tmp_path):
     )
     with pytest.raises(ValueError, match="nope.png"):
         SegmentationData([bad], 64)
+
+
+def test_step_matched_repeat_doubles_the_steps_of_an_epoch(micro, tmp_path):
+    from ccis.config import segmentation_settings, setting_repeat
+
+    kw = dict(TRAIN_KW, scales=(1.0,))
+    configs = [
+        json.loads((train_segmenter("pranet", "resnet10t", [micro["train"]], tmp_path / f"m{r}",
+                                    tmp_path / f"w{r}", epochs=1, repeat=r, **kw)
+                    / "config.json").read_text())
+        for r in (1, 2)
+    ]  # fmt: skip
+    assert configs[0]["train_pairs"] == configs[1]["train_pairs"] == 8
+    assert configs[1]["steps_per_epoch"] == 2 * configs[0]["steps_per_epoch"] == 4
+    assert configs[1]["repeat"] == 2
+    config = {"generators": ["ccis", "controlnet"],
+              "segmentation": {"synthetic": ["ccis"], "step_matched": True}}  # fmt: skip
+    assert segmentation_settings(config) == ["real", "real_x2", "real+ccis"]
+    assert [setting_repeat(s) for s in segmentation_settings(config)] == [1, 2, 1]
+    config["segmentation"]["step_matched"] = False
+    assert segmentation_settings(config) == ["real", "real+ccis"]
+    config["segmentation"].update(synthetic=[], step_matched=True)
+    assert segmentation_settings(config) == ["real"]  # nothing to match
 
 
 def test_training_lowers_the_loss_and_the_model_predicts_and_evaluates(micro, tmp_path):

@@ -41,10 +41,22 @@ def test_micro_dag_prepares_every_split_then_does_nothing(micro_workdir):
         )
         first = synthetic.iloc[0]
         assert (results / "synthetic" / first["image"]).is_file()
-    # Downstream: both segmenters on real and real+ccis, evaluated on every test split.
+    # Downstream: both segmenters on real, the step-matched real ×2 and real+ccis, evaluated
+    # on every test split.
     table3 = pd.read_csv(results / "report" / "table3_segmentation.csv")
     assert set(table3["model"]) == {"pranet", "polyp_pvt"}
-    assert set(table3["setting"]) == {"real", "real+ccis"}
+    assert set(table3["setting"]) == {"real", "real_x2", "real+ccis"}
+    matched = json.loads(
+        (
+            results / "segmentation" / "pranet" / "real_x2" / "seed0" / "model" / "config.json"
+        ).read_text()
+    )
+    real = json.loads(
+        (
+            results / "segmentation" / "pranet" / "real+ccis" / "seed0" / "model" / "config.json"
+        ).read_text()
+    )
+    assert matched["repeat"] == 2 and matched["steps_per_epoch"] == real["steps_per_epoch"]
     assert set(table3["test_set"]) == {"centre1", "centre2", "centre3"}
     per_image = pd.read_parquet(
         results / "segmentation" / "pranet" / "real+ccis" / "seed0" / "per_image.parquet"
@@ -53,9 +65,14 @@ def test_micro_dag_prepares_every_split_then_does_nothing(micro_workdir):
     metrics = json.loads((results / "metrics" / "ccis.json").read_text())["metrics"]
     assert metrics["fid"]["status"] == "not computed"  # offline: said, not made up
     assert metrics["mask_fidelity"]["status"] == "computed"
-    assert "not computed" in (results / "report" / "table1_generation.md").read_text()
+    assert metrics["text_adherence"]["n"] == 6 and len(metrics["text_adherence"]["ci95"]) == 2
+    table1 = (results / "report" / "table1_generation.md").read_text()
+    assert "not computed" in table1 and "Differences from CCIS-Diff" in table1
+    lambdas = (results / "report" / "taam_lambda.md").read_text()
+    assert "| CCIS-Diff (ours) | 0 | 1.000 |" in lambdas
     page = (results / "report" / "index.html").read_text()
     assert "Table 3" in page and page.count("data:image/png;base64,") >= 3
+    assert "TAAM λ per block" in page and "real ×2 (step-matched)" in page
     # Snakemake's own report of the same run.
     snakemake(micro_workdir, "--report", "report.html")
     assert (micro_workdir / "report.html").stat().st_size > 10_000

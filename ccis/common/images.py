@@ -18,6 +18,16 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def resize_antialiased(array: np.ndarray, size: int) -> np.ndarray:
+    """A uint8 image (H×W×3) or mask (H×W) resized to ``size``×``size`` with PIL's bilinear
+    filter, which widens its kernel when shrinking (antialiasing), as the segmenters'
+    reference loaders (torchvision ``Resize`` on PIL images) do."""
+    from PIL import Image
+
+    resized = Image.fromarray(array).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """An image file as RGB uint8, or a ValueError naming the file."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -3,10 +3,17 @@
 The mask ``M`` is embedded by ``Em`` (ControlNet's conditioning embedding, 1 channel in);
 a second, non-shared encoder ``Em'`` embeds ``σ(M)``, the mask blurred by a Gaussian whose
 standard deviation is a fraction of the image side. A per-pixel three-layer MLP (1×1
-convolutions) over both embeddings gives the weighting ``Mw = sigmoid(MLP([Em(M),
-Em'(σ(M))]))`` and the blur-mask embedding ``Fb = Mw ⊙ Em'(σ(M))``. The branch input is
-``conv_in(z_t) + Em(M) + Fb``; both encoders end in zero-initialised convolutions, so
-at initialisation the branch sees exactly what plain ControlNet sees.
+convolutions) gives the weighting ``Mw`` and the blur-mask embedding is
+``Fb = Mw ⊙ Em'(σ(M))``. The branch input is ``conv_in(z_t) + Em(M) + Fb``; both encoders
+end in zero-initialised convolutions, so at initialisation the branch sees exactly what
+plain ControlNet sees.
+
+The gate reads the two encoders' last hidden features ``hm``, ``hb`` (before their
+zero-initialised outputs): ``Mw = sigmoid(MLP([hm, hb]))``. Read after the outputs, its
+input would be zero at the start, and its first layer's gradient (input × upstream
+gradient) second order in the outputs' small weights: the gate would learn last. Read
+before them, its input is the masks' features from the first step on, and its gradient
+is first order (``tests/test_diffusion.py`` measures both orders).
 """
 
 from __future__ import annotations
@@ -18,6 +25,12 @@ import torch.nn.functional as F
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 from torch import nn
 from torchvision.transforms.v2.functional import gaussian_blur
+
+from ccis.diffusion.presets import SD_CONDITIONING_CHANNELS
+
+# σ of the mask blur as a fraction of the image side (σ ≈ 15 px at 512²): the package's one
+# default for it.
+BLUR_SIGMA = 0.03
 
 
 def blur_mask(mask: torch.Tensor, sigma_fraction: float) -> torch.Tensor:
@@ -34,20 +47,24 @@ def blur_mask(mask: torch.Tensor, sigma_fraction: float) -> torch.Tensor:
 
 
 class BlurWeighting(nn.Module):
-    """The per-pixel three-layer MLP that weighs the blur-mask embedding."""
+    """The per-pixel three-layer MLP that weighs the blur-mask embedding.
 
-    def __init__(self, channels: int):
+    It reads both encoders' hidden features (``hidden`` channels each) and gives one weight
+    per channel of the embedding (``channels``).
+    """
+
+    def __init__(self, hidden: int, channels: int):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Conv2d(2 * channels, channels, 1),
+            nn.Conv2d(2 * hidden, channels, 1),
             nn.SiLU(),
             nn.Conv2d(channels, channels, 1),
             nn.SiLU(),
             nn.Conv2d(channels, channels, 1),
         )
 
-    def forward(self, mask_embedding: torch.Tensor, blur_embedding: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.mlp(torch.cat([mask_embedding, blur_embedding], dim=1)))
+    def forward(self, mask_hidden: torch.Tensor, blur_hidden: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.mlp(torch.cat([mask_hidden, blur_hidden], dim=1)))
 
 
 class MaskConditioningEmbedding(ControlNetConditioningEmbedding):
@@ -63,15 +80,15 @@ class MaskConditioningEmbedding(ControlNetConditioningEmbedding):
         self,
         conditioning_embedding_channels: int,
         conditioning_channels: int = 1,
-        block_out_channels: tuple[int, ...] = (16, 32, 96, 256),
-        blur_sigma: float = 0.03,
+        block_out_channels: tuple[int, ...] = SD_CONDITIONING_CHANNELS,
+        blur_sigma: float = BLUR_SIGMA,
     ):
         super().__init__(conditioning_embedding_channels, conditioning_channels, block_out_channels)
         self.blur_sigma = blur_sigma
         self.blur_embedding = ControlNetConditioningEmbedding(
             conditioning_embedding_channels, conditioning_channels, block_out_channels
         )
-        self.weighting = BlurWeighting(conditioning_embedding_channels)
+        self.weighting = BlurWeighting(block_out_channels[-1], conditioning_embedding_channels)
         self.context = None  # set by the owning model: any object with ``blur_feature``
         self._cache: tuple | None = None
 
@@ -98,16 +115,22 @@ class MaskConditioningEmbedding(ControlNetConditioningEmbedding):
 
     def _embed(self, conditioning: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         blurred = blur_mask(conditioning, self.blur_sigma)
-        mask_embedding, blur_embedding = self._both_embeddings(conditioning, blurred)
-        feature = self.weighting(mask_embedding, blur_embedding) * blur_embedding
+        mask_hidden, blur_hidden = self._both_hidden(conditioning, blurred)
+        mask_embedding, blur_embedding = self._grouped(
+            torch.cat([mask_hidden, blur_hidden], dim=1),
+            self.conv_out,
+            self.blur_embedding.conv_out,
+        ).chunk(2, dim=1)
+        feature = self.weighting(mask_hidden, blur_hidden) * blur_embedding
         if self.context is not None:
             self.context.blur_feature = feature
         return mask_embedding + feature, feature
 
-    def _both_embeddings(
+    def _both_hidden(
         self, mask: torch.Tensor, blurred: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``Em(M)`` and ``Em'(σ(M))`` in one pass of grouped convolutions.
+        """The hidden features of ``Em(M)`` and ``Em'(σ(M))`` (before their zero-initialised
+        outputs), in one pass of grouped convolutions.
 
         Each layer stacks the two encoders' weights and convolves with ``groups=2``: the
         same arithmetic as running them one after the other (the weights stay separate
@@ -118,7 +141,6 @@ class MaskConditioningEmbedding(ControlNetConditioningEmbedding):
         x = torch.cat([mask, blurred], dim=1)
         for own, other in pairs:
             x = F.silu(self._grouped(x, own, other))
-        x = self._grouped(x, self.conv_out, self.blur_embedding.conv_out)
         return x.chunk(2, dim=1)
 
     @staticmethod

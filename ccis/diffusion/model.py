@@ -2,17 +2,26 @@
 
 ``CCISControlNetModel`` is a ``ControlNetModel`` (copy of the UNet encoder and mid
 block, zero-initialised 1×1 outputs into the frozen UNet's skips) whose 1-channel mask
-conditioning gains the blur mask weighting strategy (``bmws``) and whose transformer
-blocks gain the text-aware attention mechanism (``taam``). With both switches off it is
-exactly ``ControlNetModel`` (same weights, same residuals): the ControlNet baseline. The
-ablations "w/o BMWS" and "w/o TAAM" are the same class with one switch off. It saves and
-loads as a diffusers folder (``config.json`` + safetensors).
+conditioning gains the blur mask weighting strategy (``bmws``), whose transformer blocks
+gain the text-aware attention bias (``taam``) and, after cross-attention, the re-injection
+of the blur-mask embedding (``reinject``). With every switch off it is exactly
+``ControlNetModel`` (same weights, same residuals): the ControlNet baseline. Each ablation
+is the same class with one switch off (``ccis.generator.REGISTRY``). It saves and loads as
+a diffusers folder (``config.json`` + safetensors).
+
+TAAM's λ (one per transformer block, ``λ = softplus(raw) ≥ 0``) starts at
+``taam_lambda_start`` (default 1: the most text-relevant key gets twice its weight). A small
+start buys no safety, since the zero convolutions already make the branch a no-op at the
+start, and Adam moves a scalar by about its learning rate per step: from 0.018 at the
+paper's 1e-5 it could never matter. Training gives λ its own parameter group
+(``lambda_parameters``).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +37,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
-from ccis.diffusion.bmws import MaskConditioningEmbedding
+from ccis.diffusion.bmws import BLUR_SIGMA, MaskConditioningEmbedding
 from ccis.diffusion.init import conditioning_convs, init_mask_encoder
+from ccis.diffusion.presets import SD_CONDITIONING_CHANNELS
 from ccis.diffusion.taam import (
     BlurReinjectionProcessor,
     BranchContext,
@@ -39,7 +49,17 @@ from ccis.diffusion.taam import (
 
 log = logging.getLogger(__name__)
 
-_OWN_DEFAULTS = {"bmws": True, "taam": True, "blur_sigma": 0.03, "taam_lambda_init": -4.0}
+# TAAM's starting λ: log(1 + λ·S) then doubles the weight of the most text-relevant key.
+TAAM_LAMBDA = 1.0
+_OWN_DEFAULTS = {
+    "bmws": True, "taam": True, "reinject": True, "blur_sigma": BLUR_SIGMA,
+    "taam_lambda_start": TAAM_LAMBDA,
+}  # fmt: skip
+# Parameters the ControlNet copy does not have (weight-copy check in ``from_unet``).
+_OWN_PARAMETERS = (
+    "controlnet_cond_embedding.blur_embedding", "controlnet_cond_embedding.weighting",
+    "taam_lambda", "blur_reinjection",
+)  # fmt: skip
 
 
 def _zero_conv(channels_in: int, channels_out: int) -> nn.Conv2d:
@@ -49,7 +69,17 @@ def _zero_conv(channels_in: int, channels_out: int) -> nn.Conv2d:
     return conv
 
 
-def _init(self, *, bmws=True, taam=True, blur_sigma=0.03, taam_lambda_init=-4.0, **kwargs):
+def inverse_softplus(value: float) -> float:
+    """``raw`` with ``softplus(raw) == value`` (value > 0)."""
+    if value <= 0:
+        raise ValueError(f"TAAM λ must start above 0, got {value}")
+    return value + math.log(-math.expm1(-value))
+
+
+def _init(
+    self, *, bmws=True, taam=True, reinject=True, blur_sigma=BLUR_SIGMA,
+    taam_lambda_start=TAAM_LAMBDA, **kwargs,
+):  # fmt: skip
     kwargs.setdefault("conditioning_channels", 1)
     ControlNetModel.__init__(self, **kwargs)
     self._branch_context = BranchContext()
@@ -65,11 +95,11 @@ def _init(self, *, bmws=True, taam=True, blur_sigma=0.03, taam_lambda_init=-4.0,
         self.controlnet_cond_embedding.context = self._branch_context
     blocks = self.transformer_blocks()
     if taam and blocks:
-        # softplus(-4) ≈ 0.018: the bias starts close to zero, as plain self-attention.
-        self.taam_lambda = nn.Parameter(torch.full((len(blocks),), float(taam_lambda_init)))
-    if bmws and taam and blocks:
-        # The paper re-injects Fb after cross-attention as part of TAAM (§2.2.3); it needs
-        # BMWS's Fb, so it exists only with both switches on.
+        raw = inverse_softplus(float(taam_lambda_start))
+        self.taam_lambda = nn.Parameter(torch.full((len(blocks),), raw))
+    if bmws and reinject and blocks:
+        # The paper re-injects Fb after cross-attention (§2.2.3). Without BMWS there is no
+        # Fb: the switch is then inert (w/o BMWS still differs from CCIS-Diff in bmws only).
         self.blur_reinjection = nn.ModuleList(
             _zero_conv(channels, block.attn2.to_out[0].out_features) for block in blocks
         )
@@ -101,8 +131,12 @@ _init.__signature__ = derived_signature(_OWN_DEFAULTS)
 class CCISControlNetModel(ControlNetModel):
     """ControlNet branch with the blur mask weighting strategy and text-aware attention.
 
-    Extra config: ``bmws`` and ``taam`` (switches), ``blur_sigma`` (σ of the mask blur as
-    a fraction of the image side), ``taam_lambda_init`` (raw λ before softplus).
+    Extra config:
+        bmws: the blur-mask encoder and its gate (Fb).
+        taam: the text-aware key bias ``log(1 + λ·S)`` in self-attention.
+        reinject: ``+ ZeroConv(resize(Fb))`` after cross-attention (needs ``bmws``).
+        blur_sigma: σ of the mask blur, as a fraction of the image side.
+        taam_lambda_start: λ at initialisation (each block's λ is then learned).
     """
 
     __init__ = register_to_config(_init)
@@ -114,9 +148,10 @@ class CCISControlNetModel(ControlNetModel):
         *,
         bmws: bool = True,
         taam: bool = True,
-        blur_sigma: float = 0.03,
-        taam_lambda_init: float = -4.0,
-        conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
+        reinject: bool = True,
+        blur_sigma: float = BLUR_SIGMA,
+        taam_lambda: float = TAAM_LAMBDA,
+        conditioning_embedding_out_channels: tuple[int, ...] = SD_CONDITIONING_CHANNELS,
         load_weights_from_unet: bool = True,
     ) -> CCISControlNetModel:
         """A branch whose encoder and mid block copy ``unet``'s (1-channel mask input)."""
@@ -128,12 +163,11 @@ class CCISControlNetModel(ControlNetModel):
         )
         config = {k: v for k, v in plain.config.items() if not k.startswith("_")}
         model = cls(
-            **config, bmws=bmws, taam=taam, blur_sigma=blur_sigma, taam_lambda_init=taam_lambda_init
-        )
+            **config, bmws=bmws, taam=taam, reinject=reinject, blur_sigma=blur_sigma,
+            taam_lambda_start=taam_lambda,
+        )  # fmt: skip
         missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-        own = ("controlnet_cond_embedding.blur_embedding", "controlnet_cond_embedding.weighting",
-               "taam_lambda", "blur_reinjection")  # fmt: skip
-        if unexpected or any(not key.startswith(own) for key in missing):
+        if unexpected or any(not key.startswith(_OWN_PARAMETERS) for key in missing):
             raise RuntimeError(f"weight copy mismatch: missing {missing}, unexpected {unexpected}")
         embedding = model.controlnet_cond_embedding
         encoders = [embedding, *([embedding.blur_embedding] if bmws else [])]
@@ -152,10 +186,11 @@ class CCISControlNetModel(ControlNetModel):
         """(Re)install the TAAM and re-injection attention processors (after, say,
         ``set_attn_processor`` replaced them)."""
         ctx = self._branch_context
+        reinjection = getattr(self, "blur_reinjection", None)
         for index, block in enumerate(self.transformer_blocks()):
             if self.config.taam:
                 block.attn1.set_processor(TextAwareSelfAttnProcessor(index, block.attn2, ctx))
-            if self.config.bmws and self.config.taam:
+            if reinjection is not None:
                 block.attn2.set_processor(
                     BlurReinjectionProcessor(index, self.blur_reinjection[index], ctx)
                 )
@@ -164,6 +199,11 @@ class CCISControlNetModel(ControlNetModel):
         """λ of every block (softplus of the raw parameter), or None without TAAM."""
         raw = getattr(self, "taam_lambda", None)
         return None if raw is None else F.softplus(raw)
+
+    def lambda_parameters(self) -> list[nn.Parameter]:
+        """TAAM's λ parameters (empty without TAAM): trained in their own group."""
+        raw = getattr(self, "taam_lambda", None)
+        return [] if raw is None else [raw]
 
     def forward(
         self,

@@ -19,7 +19,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>"
-# The tiny preset's branch conditioning embedding: 3 stride-2 steps = the VAE's 8×.
+# The branch's mask-encoder widths: ControlNet's at SD v1.5 scale, and the tiny preset's;
+# both have 3 stride-2 steps, the VAE's 8×.
+SD_CONDITIONING_CHANNELS = (16, 32, 96, 256)
 TINY_CONDITIONING_CHANNELS = (4, 8, 16, 32)
 
 

@@ -7,13 +7,19 @@ probability mass it puts on the prompt's content tokens (no start, end or paddin
 tokens); ``S`` is its per-image min–max normalisation, and an empty prompt gives ``S =
 0``. Self-attention then becomes ``softmax(Qs Ksᵀ/√d + log(1 + λ·S_j))``: a key-side
 bias, handed to ``scaled_dot_product_attention`` as a broadcast float mask (we never
-build an hw×hw tensor), with ``λ = softplus(raw) ≥ 0`` learnable per block and started
-near zero, so training begins as plain ControlNet. ``S`` itself is computed without
-gradient: it reads the cross-attention, λ decides how much it matters.
+build an hw×hw tensor), with ``λ = softplus(raw) ≥ 0`` learnable per block, starting at
+1 (see ``ccis.diffusion.model``). ``S`` itself is computed without gradient: it reads the
+cross-attention, λ decides how much it matters.
+
+An approximation, stated: the paper takes ``Qc`` from the block's cross-attention, whose
+queries come *after* self-attention; TAAM needs ``S`` *before* self-attention, so we
+project the self-attention's own input, ``attn2.to_q(norm1(x))``, with the
+cross-attention's query weights. Both read the same block's features one sub-layer apart.
 
 After cross-attention, the block adds ``ZeroConv(resize(Fb))``: the cross-attention
 output meets the blur-mask embedding again before the next ResNet block. The paper
-describes this with TAAM, and it needs BMWS's ``Fb``: it is on when both switches are.
+describes this with TAAM; it has its own switch (``reinject``), so that "w/o TAAM"
+removes the attention bias only, and it needs BMWS's ``Fb``.
 """
 
 from __future__ import annotations

@@ -51,6 +51,26 @@ def load_branch(folder: str | os.PathLike):
     return classes[name].from_pretrained(folder)
 
 
+def condition_mask(
+    path: Path, resolution: int, triplets: Path, pair_id: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A triplet's mask, binary 0/255: as stored, and resized to the generation size."""
+    original = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if original is None:
+        raise FileNotFoundError(f"{triplets}: cannot read the mask of {pair_id} ({path})")
+    original = (original > 127).astype(np.uint8) * 255
+    resized = cv2.resize(original, (resolution, resolution), interpolation=cv2.INTER_NEAREST)
+    return original, resized
+
+
+def load_pipeline(base: str | os.PathLike, branch: str | os.PathLike) -> CCISPipeline:
+    """The base with a trained branch, on the GPU when there is one, no progress bars."""
+    pipe = CCISPipeline(controlnet=load_branch(branch).eval(), **load_sd15(base))
+    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def synthesize(
     generator: str,
     base: str | os.PathLike,
@@ -85,30 +105,18 @@ def synthesize(
         guidance_scale,
     )  # fmt: skip
     if todo:
-        parts = load_sd15(base)
-        model = load_branch(branch)
-        pipe = CCISPipeline(controlnet=model.eval(), **parts)
-        pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_pipeline(base, branch)
         for start in tqdm(
             range(0, len(todo), batch_size), desc=f"synthesize {generator}", unit="batch"
         ):
             chunk = todo[start : start + batch_size]
             masks, originals = [], []
             for k in chunk:
-                original = cv2.imread(
-                    str(triplets.parent / part.at[k, "mask"]), cv2.IMREAD_GRAYSCALE
+                original, mask = condition_mask(
+                    triplets.parent / part.at[k, "mask"], resolution, triplets, part.at[k, "id"]
                 )
-                if original is None:
-                    raise FileNotFoundError(
-                        f"{triplets}: cannot read the mask of {part.at[k, 'id']}"
-                    )
-                originals.append((original > 127).astype(np.uint8) * 255)
-                masks.append(
-                    cv2.resize(
-                        originals[-1], (resolution, resolution), interpolation=cv2.INTER_NEAREST
-                    )
-                )
+                originals.append(original)
+                masks.append(mask)
             # The seed follows the image, not the batch: a resumed run draws the same images.
             seeds = [seed + shard[0] + k * shard[1] for k in chunk]
             with torch.no_grad():

@@ -22,11 +22,16 @@ from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir
 from ccis.common.loss_log import append_row, trim_rows
-from ccis.diffusion.model import CCISControlNetModel
+from ccis.diffusion.bmws import BLUR_SIGMA
+from ccis.diffusion.model import TAAM_LAMBDA, CCISControlNetModel
 from ccis.diffusion.pipeline import CCISPipeline
-from ccis.diffusion.presets import load_sd15
-from ccis.diffusion.unicontrolnet import UniControlNetAdapter
-from ccis.generator import GENERATORS
+from ccis.diffusion.presets import SD_CONDITIONING_CHANNELS, load_sd15
+from ccis.diffusion.unicontrolnet import (
+    EXTRACTOR_CHANNELS,
+    INJECT_CHANNELS,
+    UniControlNetAdapter,
+)
+from ccis.generator import GENERATORS, REGISTRY
 from ccis.generator.checkpoints import resume_from, save_checkpoint
 from ccis.generator.data import TripletData, batch_indices
 from ccis.generator.provenance import claim, fingerprint
@@ -34,36 +39,61 @@ from ccis.generator.provenance import claim, fingerprint
 log = logging.getLogger(__name__)
 
 
-def build_branch(kind: str, unet, conditioning_channels: tuple[int, ...], blur_sigma: float = 0.03):
-    """The trainable branch of generator ``kind`` for ``unet``."""
-    switches = {
-        "ccis": (True, True),
-        "controlnet": (False, False),
-        "ccis_no_bmws": (False, True),
-        "ccis_no_taam": (True, False),
-    }
-    if kind == "unicontrolnet":
-        return UniControlNetAdapter.from_unet(
-            unet, condition_channels=max(16, conditioning_channels[-1] // 4),
-            conditioning_embedding_out_channels=conditioning_channels,
-        )  # fmt: skip
-    if kind not in switches:
+def build_branch(
+    kind: str,
+    unet,
+    conditioning_channels: tuple[int, ...],
+    blur_sigma: float = BLUR_SIGMA,
+    taam_lambda: float = TAAM_LAMBDA,
+    extractor_channels: tuple[int, ...] = EXTRACTOR_CHANNELS,
+    inject_channels: tuple[int, ...] = INJECT_CHANNELS,
+):
+    """The trainable branch of generator ``kind`` (``ccis.generator.REGISTRY``) for ``unet``.
+
+    ``conditioning_channels``, ``blur_sigma`` and ``taam_lambda`` shape the CCIS family,
+    ``extractor_channels`` and ``inject_channels`` Uni-ControlNet's feature extractor.
+    """
+    if kind not in REGISTRY:
         raise ValueError(f"unknown generator {kind!r}; known: {', '.join(GENERATORS)}")
-    bmws, taam = switches[kind]
-    # ControlNet is the same class with both switches off: numerically diffusers' model.
+    spec = REGISTRY[kind]
+    if spec.family == "unicontrolnet":
+        return UniControlNetAdapter.from_unet(
+            unet, extractor_channels=extractor_channels, inject_channels=inject_channels
+        )
+    # ControlNet is the same class with every switch off: numerically diffusers' model.
     return CCISControlNetModel.from_unet(
-        unet, bmws=bmws, taam=taam, blur_sigma=blur_sigma,
+        unet, **spec.switches, blur_sigma=blur_sigma, taam_lambda=taam_lambda,
         conditioning_embedding_out_channels=conditioning_channels,
     )  # fmt: skip
 
 
+def optimizer_groups(branch, learning_rate: float, lambda_learning_rate: float) -> list[dict]:
+    """AdamW parameter groups: the branch at ``learning_rate`` (AdamW's weight decay), and
+    TAAM's λ at ``lambda_learning_rate`` without weight decay (decay would pull λ to 0, and
+    Adam moves a scalar by about its learning rate a step, so λ needs its own)."""
+    lambdas = list(getattr(branch, "lambda_parameters", list)())
+    ids = {id(p) for p in lambdas}
+    groups = [{"params": [p for p in branch.parameters() if id(p) not in ids],
+               "lr": learning_rate}]  # fmt: skip
+    if lambdas:
+        groups.append({"params": lambdas, "lr": lambda_learning_rate, "weight_decay": 0.0})
+    return groups
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    """Hyper-parameters of branch training (paper: AdamW 1e-5, batch 4)."""
+    """Hyper-parameters of branch training (paper: AdamW 1e-5, batch 4).
+
+    ``max_grad_norm`` clips the gradient norm as diffusers' ControlNet script does (1.0);
+    ``lambda_learning_rate`` is TAAM λ's own learning rate, ``taam_lambda`` its start.
+    """
 
     steps: int
     batch_size: int = 4
     learning_rate: float = 1e-5
+    lambda_learning_rate: float = 1e-3
+    max_grad_norm: float = 1.0
+    taam_lambda: float = TAAM_LAMBDA
     gradient_accumulation: int = 1
     checkpoint_every: int = 100
     validate_every: int = 0
@@ -72,7 +102,7 @@ class TrainSettings:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     seed: int = 0
-    blur_sigma: float = 0.03
+    blur_sigma: float = BLUR_SIGMA
 
 
 def step_generator(*key: int) -> torch.Generator:
@@ -92,11 +122,14 @@ def train_branch(
     out: str | os.PathLike,
     work: str | os.PathLike,
     settings: TrainSettings,
-    conditioning_channels: tuple[int, ...] = (16, 32, 96, 256),
+    conditioning_channels: tuple[int, ...] = SD_CONDITIONING_CHANNELS,
+    extractor_channels: tuple[int, ...] = EXTRACTOR_CHANNELS,
+    inject_channels: tuple[int, ...] = INJECT_CHANNELS,
 ) -> Path:
     """Train generator ``kind`` and save its branch to ``out`` (a diffusers folder).
 
-    ``work`` keeps checkpoints, the loss log and validation images between runs.
+    ``work`` keeps checkpoints, the loss log (with TAAM's λ per block) and validation
+    images between runs. The channel tuples shape the branch (see :func:`build_branch`).
     """
     from accelerate import Accelerator
 
@@ -110,8 +143,9 @@ def train_branch(
     volatile = ("steps", "checkpoint_every", "validate_every", "gradient_checkpointing")
     stamp = {k: v for k, v in asdict(settings).items() if k not in volatile}
     stamp.update(
-        kind=kind, channels=list(conditioning_channels), processes=accelerator.num_processes
-    )
+        kind=kind, channels=list(conditioning_channels), processes=accelerator.num_processes,
+        extractor_channels=list(extractor_channels), inject_channels=list(inject_channels),
+    )  # fmt: skip
     if accelerator.is_main_process:
         claim(work, fingerprint(stamp, [Path(triplets), Path(base)]))
     accelerator.wait_for_everyone()
@@ -121,18 +155,24 @@ def train_branch(
     for name in ("vae", "text_encoder", "unet"):
         parts[name].requires_grad_(False).to(device, weight_dtype).eval()
     torch.manual_seed(settings.seed)
-    branch = build_branch(kind, parts["unet"], conditioning_channels, settings.blur_sigma)
+    branch = build_branch(
+        kind, parts["unet"], conditioning_channels, settings.blur_sigma, settings.taam_lambda,
+        extractor_channels, inject_channels,
+    )  # fmt: skip
     if settings.gradient_checkpointing:
         branch.enable_gradient_checkpointing()
     branch.train()
-    optimizer = torch.optim.AdamW(branch.parameters(), lr=settings.learning_rate)
+    optimizer = torch.optim.AdamW(
+        optimizer_groups(branch, settings.learning_rate, settings.lambda_learning_rate)
+    )
     branch, optimizer = accelerator.prepare(branch, optimizer)
     data = TripletData(triplets, settings.resolution)
     log.info(
         "training %s on %d triplets from %s (base %s): %d steps, batch %d × %d accumulation × %d "
-        "processes, lr %g, %s precision",
+        "processes, lr %g (TAAM λ: lr %g, start %g), gradient norm clip %g, %s precision",
         kind, len(data), triplets, base, settings.steps, settings.batch_size,
         settings.gradient_accumulation, accelerator.num_processes, settings.learning_rate,
+        settings.lambda_learning_rate, settings.taam_lambda, settings.max_grad_norm,
         settings.mixed_precision,
     )  # fmt: skip
 
@@ -146,7 +186,11 @@ def train_branch(
     tokenizer, scheduler = parts["tokenizer"], parts["scheduler"]
     scaling = vae.config.scaling_factor
     rank, world = accelerator.process_index, accelerator.num_processes
-    is_ccis = isinstance(accelerator.unwrap_model(branch), CCISControlNetModel)
+    unwrapped = accelerator.unwrap_model(branch)
+    is_ccis = isinstance(unwrapped, CCISControlNetModel)
+    start_lambdas = unwrapped.taam_lambdas() if is_ccis else None
+    blocks = 0 if start_lambdas is None else len(start_lambdas)
+    columns = ("step", "loss", *(f"lambda_{i}" for i in range(blocks)))
 
     progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
                     desc=f"train {kind}", disable=not accelerator.is_main_process)  # fmt: skip
@@ -184,13 +228,16 @@ def train_branch(
                 ).sample  # fmt: skip
                 loss = F.mse_loss(pred.float(), noise.float())
                 accelerator.backward(loss)
+                if settings.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(branch.parameters(), settings.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             mean = accelerator.reduce(loss.detach(), reduction="mean")  # over processes
             total += mean.item() / settings.gradient_accumulation
         done = step + 1
         if accelerator.is_main_process:
-            append_row(loss_log, ("step", "loss"), (done, f"{total:.6f}"))
+            values = unwrapped.taam_lambdas().detach().tolist() if blocks else []
+            append_row(loss_log, columns, (done, f"{total:.6f}", *(f"{v:.6f}" for v in values)))
             progress.set_postfix(loss=f"{total:.4f}")
         if (
             settings.checkpoint_every

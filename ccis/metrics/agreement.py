@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ccis.metrics.base import Computed, NotComputed, Result
+from ccis.metrics.bootstrap import rate_interval
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,26 @@ def attribute_agreement(
         "n": len(per_sample),
     }
     value = float(np.mean(scored_rates))
+    low, high = rate_interval(match_matrix(per_sample, scored))
+    details["ci95"] = [low, high]
+    details["interval"] = "95 % percentile bootstrap over images"
     log.info(
-        "attribute agreement = %.1f%% (%s)", value,
+        "attribute agreement = %.1f%% [%.1f, %.1f] (%s)", value, low, high,
         ", ".join(f"{a} {r:.1f}%" for a, r in rates.items() if r is not None),
     )  # fmt: skip
     return Computed(value, details), per_sample
+
+
+def match_matrix(rows: Sequence[Mapping], attributes: Sequence[str]) -> np.ndarray:
+    """Images × attributes of 1 (match), 0 (no match) or NaN (not stated), from the
+    per-sample ``<attribute>_match`` dicts (or a per-image table's records)."""
+    out = np.full((len(rows), len(attributes)), np.nan)
+    for i, row in enumerate(rows):
+        for j, attribute in enumerate(attributes):
+            hit = row.get(f"{attribute}_match")
+            if hit is not None and not (isinstance(hit, float) and np.isnan(hit)):
+                out[i, j] = float(bool(hit))
+    return out
 
 
 def _sorted(confusion: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:

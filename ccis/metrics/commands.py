@@ -28,7 +28,19 @@ def _cmd_metrics_generation(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         device=args.device,
         per_image=args.per_image,
+        text_adherence=args.text_adherence,
     )
+
+
+def _cmd_text_adherence(args: argparse.Namespace) -> None:
+    from ccis.metrics.text_adherence import text_adherence
+
+    use_threads(args.threads)
+    text_adherence(
+        args.base, args.branch, args.triplets, args.out, steps=args.steps,
+        guidance_scale=args.guidance_scale, resolution=args.resolution, seed=args.seed,
+        batch_size=args.batch_size,
+    )  # fmt: skip
 
 
 def _cmd_generation_table(args: argparse.Namespace) -> None:
@@ -89,8 +101,32 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--batch-size", type=int, default=32)
     gen.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--per-image", type=Path, help="also write per-image values (Parquet)")
+    gen.add_argument(
+        "--text-adherence", type=Path, help="the generator's ccis text-adherence table (Parquet)"
+    )
     gen.add_argument("--threads", type=int, default=None, help="CPU threads for torch/OpenCV")
     gen.set_defaults(func=_cmd_metrics_generation)
+
+    text = sub.add_parser(
+        "text-adherence",
+        help="pale-versus-red prompts on every training mask (same seed): text adherence",
+        description=(
+            "For every training mask, draw one image with the caption's colour set to 'pale' "
+            "and one with 'red', same seed; a win is a paler polyp for 'pale'. Writes one row "
+            "per mask (Parquet)."
+        ),
+    )
+    text.add_argument("--base", required=True, help="base model folder (SD v1.5 or bootstrap)")
+    text.add_argument("--branch", required=True, type=Path, help="the trained branch folder")
+    text.add_argument("--triplets", required=True, type=Path, help="captions/train.parquet")
+    text.add_argument("--out", required=True, type=Path, help="Parquet to write")
+    text.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    text.add_argument("--guidance-scale", type=float, default=7.0)
+    text.add_argument("--resolution", type=int, default=512, help="generation size in pixels")
+    text.add_argument("--seed", type=int, default=0, help="mask k uses seed + k")
+    text.add_argument("--batch-size", type=int, default=16, help="masks per batch (×2 images)")
+    text.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    text.set_defaults(func=_cmd_text_adherence)
 
     table = sub.add_parser(
         "generation-table",

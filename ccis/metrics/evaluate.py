@@ -3,8 +3,10 @@
 JSON layout (keys sorted, no timestamps, so equal inputs give equal bytes)::
 
     {"generator": "ccis", "synthetic": PATH, "real": PATH, "n_synthetic": N, "n_real": M,
+     "per_image": FILE or null,
      "metrics": {"fid": {...}, "clip_score": {...}, "clip_image": {...},
-                 "attribute_agreement": {...}, "mask_fidelity": {...}}}
+                 "text_adherence": {...}, "attribute_agreement": {...},
+                 "mask_fidelity": {...}}}
 
 where each metric is ``{"status": "computed", "value": x, ...details}`` or
 ``{"status": "not computed", "reason": "..."}``.
@@ -27,10 +29,13 @@ from ccis.common.shards import write_table
 from ccis.metrics.agreement import SCORED_ATTRIBUTES, attribute_agreement
 from ccis.metrics.base import NotComputed, Result, read_mask, read_pairs
 from ccis.metrics.fidelity import Segment, load_segment, mask_fidelity
+from ccis.metrics.text_adherence import read_text_adherence, text_adherence_result
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fid", "clip_score", "clip_image", "attribute_agreement", "mask_fidelity")
+METRICS = (
+    "fid", "clip_score", "clip_image", "text_adherence", "attribute_agreement", "mask_fidelity",
+)  # fmt: skip
 
 
 def default_device() -> str:
@@ -58,6 +63,7 @@ def generation_metrics(
     num_workers: int = 0,
     device: str | None = None,
     per_image: str | os.PathLike | None = None,
+    text_adherence: str | os.PathLike | None = None,
 ) -> dict:
     """Compute FID, CLIP-score, CLIP-image, attribute agreement and mask fidelity.
 
@@ -65,7 +71,9 @@ def generation_metrics(
     triplets it was conditioned on (``ccis caption``). Metrics whose weights are not
     available offline are recorded as not computed, with the reason. ``segment`` and
     ``fid_feature_extractor`` replace the segmenter folder and Inception (tests, custom
-    networks). Writes ``out`` (JSON) and, if given, ``per_image`` (Parquet), atomically.
+    networks). ``text_adherence`` is the generator's ``ccis text-adherence`` table (it
+    draws its own images, so it is a job of its own). Writes ``out`` (JSON) and, if
+    given, ``per_image`` (Parquet, one row per synthetic image), atomically.
     """
     from ccis.metrics.clip_scores import clip_scores, load_clip
     from ccis.metrics.fid import compute_fid
@@ -93,6 +101,14 @@ def generation_metrics(
         results["clip_score"], results["clip_image"] = score, image
         rows["clip_score"], rows["clip_image"] = per_score, per_clip_image
         del clip  # free the model before the segmenter is loaded
+
+    if text_adherence is None:
+        results["text_adherence"] = NotComputed("no text-adherence table given")
+    else:
+        table = read_text_adherence(text_adherence)
+        results["text_adherence"] = text_adherence_result(table)
+        wins = dict(zip(table["real_id"].astype(str), table["text_win"], strict=True))
+        rows["text_win"] = [wins.get(str(r)) for r in rows["real_id"]]
 
     def samples():
         for image_path, mask_path, prompt in zip(
@@ -126,6 +142,7 @@ def generation_metrics(
         "real": str(real),
         "n_synthetic": len(pairs.ids),
         "n_real": len(pairs.all_real_images),
+        "per_image": (os.path.relpath(per_image, out.parent) if per_image is not None else None),
         "ccis_version": __version__,
         "metrics": {k: results[k].to_dict() for k in METRICS},
     }

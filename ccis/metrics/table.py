@@ -1,10 +1,16 @@
 """Table 1 of the paper, from our generation-metric JSON files (CSV + Markdown).
 
 Rows are the generators present, in the paper's order followed by the ablations;
-columns FID, CLIP-score, CLIP-image and our two automated user-study columns. A metric
-that was not computed shows as such, with its reason in a numbered note under the
-Markdown table and in the CSV's ``<metric>_note`` column. With ``paper=True`` the
+columns FID, CLIP-score, CLIP-image and our three automated user-study columns (text
+adherence and attribute agreement with their 95 % bootstrap intervals, mask fidelity).
+A metric that was not computed shows as such, with its reason in a numbered note under
+the Markdown table and in the CSV's ``<metric>_note`` column. With ``paper=True`` the
 paper's published Table 1 values stand beside ours.
+
+Under the table: what each ablation removes, and every generator's difference from
+CCIS-Diff in text adherence and attribute agreement with a paired bootstrap interval
+over the same training masks (from the per-image tables the JSON files name), marked
+where the interval excludes zero.
 """
 
 from __future__ import annotations
@@ -17,30 +23,32 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from ccis.common.atomic import write_bytes_atomic
+from ccis.generator import GENERATORS, REGISTRY
+from ccis.metrics.agreement import match_matrix
 from ccis.metrics.base import COMPUTED, NOT_COMPUTED
+from ccis.metrics.bootstrap import paired_difference
 
 log = logging.getLogger(__name__)
 
-GENERATOR_ORDER = ("ccis", "controlnet", "unicontrolnet", "ccis_no_bmws", "ccis_no_taam")
-GENERATOR_NAMES = {
-    "ccis": "CCIS-Diff (ours)",
-    "controlnet": "ControlNet",
-    "unicontrolnet": "Uni-ControlNet",
-    "ccis_no_bmws": "CCIS-Diff w/o BMWS",
-    "ccis_no_taam": "CCIS-Diff w/o TAAM",
-}
 # (metric key, column title, decimals)
 COLUMNS = (
     ("fid", "FID ↓", 2),
     ("clip_score", "CLIP-score ↑", 2),
     ("clip_image", "CLIP-image ↑", 2),
+    ("text_adherence", "Text adherence (%) ↑", 1),
     ("attribute_agreement", "Attribute agreement (%) ↑", 1),
     ("mask_fidelity", "Mask fidelity (Dice %) ↑", 1),
 )
+# Metrics whose per-image values give paired differences from CCIS-Diff.
+PAIRED = ("text_adherence", "attribute_agreement")
+REFERENCE = "ccis"
 # The paper's Table 1 ("The quantitative results of the colonoscopy image synthesis",
 # arXiv 2411.12198, §3.3): FID, CLIP-score, CLIP-image for the three methods it compares.
-# It reports neither the ablations nor our two automated columns.
+# It reports neither the ablations nor our three automated columns.
 PAPER_TABLE1 = {
     "controlnet": {"fid": 87.32, "clip_score": 30.78, "clip_image": 87.09},
     "unicontrolnet": {"fid": 92.74, "clip_score": 30.57, "clip_image": 86.46},
@@ -73,8 +81,67 @@ def read_metrics(path: str | os.PathLike) -> dict:
 
 
 def _order(generators: list[str]) -> list[str]:
-    known = [g for g in GENERATOR_ORDER if g in generators]
-    return known + sorted(g for g in generators if g not in GENERATOR_ORDER)
+    known = [g for g in GENERATORS if g in generators]
+    return known + sorted(g for g in generators if g not in GENERATORS)
+
+
+def _label(generator: str) -> str:
+    spec = REGISTRY.get(generator)
+    return spec.label if spec else generator
+
+
+def _formatted(entry: dict, decimals: int) -> str:
+    text = f"{entry['value']:.{decimals}f}"
+    interval = entry.get("ci95")
+    if isinstance(interval, list) and len(interval) == 2 and None not in interval:
+        text += f" [{interval[0]:.{decimals}f}, {interval[1]:.{decimals}f}]"
+    return text
+
+
+def per_image_values(report: dict, source: Path, metric: str) -> pd.Series | None:
+    """Per training mask (``real_id``), the images × columns hit matrix of ``metric`` from
+    the per-image table ``report`` names; None when there is none."""
+    name = report.get("per_image")
+    entry = report["metrics"].get(metric, {})
+    if not name or entry.get("status") != COMPUTED:
+        return None
+    path = source.parent / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: its per-image table {path} does not exist")
+    frame = pd.read_parquet(path)
+    if metric == "text_adherence":  # one column of wins; NaN where the mask had no polyp
+        matrix = frame["text_win"].map({True: 1.0, False: 0.0}).to_numpy(float)[:, None]
+    else:
+        matrix = match_matrix(frame.to_dict("records"), entry.get("scored_attributes", []))
+    return pd.Series(list(matrix), index=frame["real_id"].astype(str))
+
+
+def differences(
+    reports: dict[str, dict], sources: dict[str, Path], order: list[str]
+) -> list[tuple[str, str, float, float, float, int]]:
+    """(generator, metric, Δ, low, high, masks) of CCIS-Diff minus each other generator,
+    paired over the training masks both were measured on."""
+    if REFERENCE not in reports:
+        return []
+    out = []
+    for metric in PAIRED:
+        reference = per_image_values(reports[REFERENCE], sources[REFERENCE], metric)
+        if reference is None:
+            continue
+        for generator in order:
+            if generator == REFERENCE:
+                continue
+            other = per_image_values(reports[generator], sources[generator], metric)
+            if other is None:
+                continue
+            shared = sorted(set(reference.index) & set(other.index))
+            if not shared:
+                continue
+            a = np.stack(reference.loc[shared].to_list())
+            b = np.stack(other.loc[shared].to_list())
+            delta, low, high = paired_difference(a, b)
+            out.append((generator, metric, delta, low, high, len(shared)))
+    return out
 
 
 def table1(
@@ -107,6 +174,7 @@ def table1(
     header = ["generator", "method"]
     for key, _, _ in COLUMNS:
         header += [key, f"{key}_note"]
+    header += [f"{key}_ci95_{end}" for key in PAIRED for end in ("low", "high")]
     if paper:
         header += [f"paper_{key}" for key in PAPER_METRICS]
     md_header = ["Method"]
@@ -117,7 +185,7 @@ def table1(
     csv_rows, md_rows = [], []
     for generator in order:
         metrics = reports[generator]["metrics"]
-        method = GENERATOR_NAMES.get(generator, generator)
+        method = _label(generator)
         row: list = [generator, method]
         cells = [method]
         for key, _, decimals in COLUMNS:
@@ -125,13 +193,16 @@ def table1(
             published = PAPER_TABLE1.get(generator, {}).get(key) if paper else None
             if entry["status"] == COMPUTED:
                 row += [f"{entry['value']:.6g}", ""]
-                cells.append(f"{entry['value']:.{decimals}f}")
+                cells.append(_formatted(entry, decimals))
             else:
                 reason = str(entry.get("reason", "no reason given"))
                 row += ["", f"{NOT_COMPUTED}: {reason}"]
                 cells.append(f"not computed [{note(reason)}]")
             if paper and key in PAPER_METRICS:
                 cells.append("—" if published is None else f"{published:.2f}")
+        for key in PAIRED:
+            interval = metrics.get(key, {}).get("ci95") or ["", ""]
+            row += [f"{v:.6g}" if isinstance(v, float | int) else "" for v in interval]
         if paper:
             row += [PAPER_TABLE1.get(generator, {}).get(k, "") for k in PAPER_METRICS]
         csv_rows.append(row)
@@ -150,18 +221,43 @@ def table1(
         "",
         "FID: clean-fid (mode clean) against the real training images. CLIP-score: "
         "100·max(cos(image, caption), 0); CLIP-image: 100·cos(synthetic, its real source). "
+        "Text adherence: share of training masks whose polyp is paler for a 'pale' prompt "
+        "than for a 'red' one (same seed; chance 50 %). "
         "Attribute agreement: share of re-measured polyp attributes equal to the caption's. "
-        "Mask fidelity: Dice of a real-data segmenter's prediction with the conditioning mask.",
+        "Mask fidelity: Dice of a real-data segmenter's prediction with the conditioning mask. "
+        "[a, b]: 95 % bootstrap interval over images.",
     ]
+    ablations = [g for g in order if REGISTRY.get(g) and REGISTRY[g].removes]
+    if ablations:
+        lines += ["", "Each ablation removes one thing from CCIS-Diff:", ""]
+        lines += [f"- {_label(g)}: {REGISTRY[g].removes}" for g in ablations]
     if paper:
         lines += [
             "",
             "(paper): Table 1 of the CCIS-Diff paper (arXiv 2411.12198), as published; it "
-            "has no ablation rows and no attribute-agreement or mask-fidelity columns.",
+            "has no ablation rows and none of our three automated columns.",
         ]
     if notes:
         lines += ["", "Not computed:", ""]
         lines += [f"- [{k}] {reason}" for k, reason in enumerate(notes, 1)]
+    # Last: the paired differences, a table of their own under the notes of Table 1.
+    found = differences(reports, sources, order)
+    if found:
+        lines += [
+            "",
+            f"Differences from {_label(REFERENCE)} (percentage points; 95 % paired bootstrap "
+            "over the same training masks; * where the interval excludes 0):",
+            "",
+            "| Compared with | Metric | CCIS-Diff − it | 95 % interval | Masks |",
+            "|---|---|---:|---:|---:|",
+        ]
+        titles = {key: title.split(" (")[0] for key, title, _ in COLUMNS}
+        for generator, metric, delta, low, high, n in found:
+            mark = " *" if low > 0 or high < 0 else ""
+            lines.append(
+                f"| {_label(generator)} | {titles[metric]} | {delta:+.1f}{mark} | "
+                f"[{low:+.1f}, {high:+.1f}] | {n} |"
+            )
     out_csv, out_md = Path(out_csv), Path(out_md)
     write_bytes_atomic(out_csv, buffer.getvalue().encode())
     write_bytes_atomic(out_md, ("\n".join(lines).rstrip() + "\n").encode())

@@ -40,6 +40,12 @@ def _cmd_figure_losses(args: argparse.Namespace) -> None:
     plot_losses(parse_pairs(args.branch, "--branch"), args.out, log_scale=args.log_scale)
 
 
+def _cmd_taam_lambda_table(args: argparse.Namespace) -> None:
+    from ccis.report.figures import taam_lambda_table
+
+    taam_lambda_table(parse_pairs(args.branch, "--branch"), args.out_md, start=args.start)
+
+
 def _cmd_figure_segmentation(args: argparse.Namespace) -> None:
     from ccis.report.figures import plot_segmentation
 
@@ -101,6 +107,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     losses.add_argument("--out", required=True, type=Path, help="PNG to write")
     losses.add_argument("--log-scale", action="store_true", help="logarithmic loss axis")
     losses.set_defaults(func=_cmd_figure_losses)
+
+    lam = sub.add_parser("taam-lambda-table", help="TAAM's λ per block at start and end")
+    lam.add_argument(
+        "--branch", action="append", required=True, metavar="GEN=DIR",
+        help="a trained branch folder holding loss.csv (or the CSV itself); repeatable",
+    )  # fmt: skip
+    lam.add_argument("--out-md", required=True, type=Path, help="Markdown table to write")
+    lam.add_argument("--start", type=float, required=True, help="λ at the start (taam_lambda)")
+    lam.set_defaults(func=_cmd_taam_lambda_table)
 
     seg = sub.add_parser(
         "figure-segmentation",

@@ -1,6 +1,8 @@
 """Report figures from logged numbers: generator loss curves and segmentation bars.
 
-Loss curves read each trained branch folder's ``loss.csv`` (columns step, loss). The
+Loss curves read each trained branch folder's ``loss.csv`` (columns step, loss, and for
+a branch with TAAM ``lambda_<block>``, drawn in a second panel; ``taam_lambda_table``
+lists each block's λ at the start and end of training). The
 segmentation chart reads the per-image metric Parquet files (columns model, setting,
 seed, test_set, id and the metric): images are averaged per seed first, then seeds give
 mean ± standard deviation, because the paper's gains are of the size of seed-to-seed
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ccis.common.atomic import atomic_path
+from ccis.common.atomic import atomic_path, write_bytes_atomic
+from ccis.config import STEP_MATCHED
 from ccis.report.grids import DISPLAY_NAMES
 
 log = logging.getLogger(__name__)
@@ -63,15 +66,78 @@ def read_loss(path: str | os.PathLike) -> pd.DataFrame:
     return frame.sort_values("step").reset_index(drop=True)
 
 
+def read_lambdas(path: str | os.PathLike) -> pd.DataFrame:
+    """TAAM's λ per block and step from a branch's loss log (no λ column: no rows)."""
+    path = Path(path)
+    csv = path / "loss.csv" if path.is_dir() else path
+    frame = pd.read_csv(csv)
+    columns = sorted(
+        (c for c in frame.columns if c.startswith("lambda_")), key=lambda c: int(c.split("_")[1])
+    )
+    if not columns:
+        return pd.DataFrame(columns=["step"])
+    return frame[["step", *columns]].apply(pd.to_numeric, errors="coerce").dropna()
+
+
+def taam_lambda_table(
+    branches: Mapping[str, str | os.PathLike], out_md: str | os.PathLike, *, start: float
+) -> Path:
+    """Markdown table: each TAAM block's λ at the start and at the end of training."""
+    rows = []
+    for name, folder in branches.items():
+        frame = read_lambdas(folder)
+        for column in frame.columns[1:]:
+            end = float(frame[column].iloc[-1])
+            rows.append(f"| {DISPLAY_NAMES.get(name, name)} | {column.split('_')[1]} | "
+                        f"{start:.3f} | {end:.3f} | {end - start:+.3f} |")  # fmt: skip
+    if not rows:
+        raise ValueError("taam-lambda-table: no branch logged TAAM's λ (none has TAAM)")
+    steps = {name: int(read_loss(folder)["step"].iloc[-1]) for name, folder in branches.items()}
+    lines = [
+        "| Generator | Block | λ at start | λ at end | change |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "λ weighs the text-aware key bias log(1 + λ·S) of each transformer block of the "
+        "branch (down blocks, then the mid block); learned in its own optimiser group. "
+        "End: after "
+        + ", ".join(f"{DISPLAY_NAMES.get(n, n)} {s}" for n, s in steps.items())
+        + " steps.",
+    ]
+    out_md = Path(out_md)
+    write_bytes_atomic(out_md, ("\n".join(lines) + "\n").encode())
+    log.info("wrote %s (%d blocks)", out_md, len(rows))
+    return out_md
+
+
 def plot_losses(
     branches: Mapping[str, str | os.PathLike], out: str | os.PathLike, *, log_scale: bool = False
 ) -> Path:
-    """All generators' training losses in one PNG: raw (faint) and a rolling mean."""
+    """All generators' training losses in one PNG: raw (faint) and a rolling mean; TAAM's λ
+    per block in a second panel when a branch logged it."""
     if not branches:
         raise ValueError("figure-losses: give at least one --branch GEN=DIR")
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    lambdas = {name: read_lambdas(folder) for name, folder in branches.items()}
+    with_lambda = {name: f for name, f in lambdas.items() if len(f.columns) > 1}
+    if with_lambda:
+        fig, (ax, lam) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=100)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     colours = plt.get_cmap("tab10")
+    styles = ("-", "--", ":", "-.")
+    for k, name in enumerate(branches):
+        if name not in with_lambda:
+            continue
+        frame = with_lambda[name]
+        for b, column in enumerate(frame.columns[1:]):
+            label = f"{DISPLAY_NAMES.get(name, name)}, block {column.split('_')[1]}"
+            lam.plot(frame["step"], frame[column], color=colours(k % 10),
+                     linestyle=styles[b % len(styles)], label=label)  # fmt: skip
+    if with_lambda:
+        lam.set(xlabel="training step", ylabel="λ", title="TAAM λ per block")
+        lam.grid(alpha=0.3)
+        lam.legend(fontsize=7)
     for k, (name, folder) in enumerate(branches.items()):
         frame = read_loss(folder)
         # ~5% of the run per window: smooth enough to compare, short enough to show trends.
@@ -140,7 +206,8 @@ def summarise_segmentation(data: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _setting_order(settings) -> list[str]:
-    return sorted(set(settings), key=lambda s: (s not in BASELINE_SETTINGS, s))
+    # Baseline first, then the step-matched control, then real + each synthetic set.
+    return sorted(set(settings), key=lambda s: (s not in BASELINE_SETTINGS, s != STEP_MATCHED, s))
 
 
 def plot_segmentation(

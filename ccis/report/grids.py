@@ -26,17 +26,12 @@ import torch
 
 from ccis.caption.phrases import COLOUR_WORDS, SWELLING_WORDS, TEXTURE_WORDS, polyp_clause
 from ccis.common.atomic import atomic_path
+from ccis.generator import REGISTRY
 
 log = logging.getLogger(__name__)
 
-# Column titles as the paper names the methods.
-DISPLAY_NAMES = {
-    "ccis": "CCIS-Diff (ours)",
-    "controlnet": "ControlNet",
-    "unicontrolnet": "Uni-ControlNet",
-    "ccis_no_bmws": "w/o BMWS",
-    "ccis_no_taam": "w/o TAAM",
-}
+# Column titles as the paper names the methods (the generator registry's short labels).
+DISPLAY_NAMES = {name: spec.short for name, spec in REGISTRY.items()}
 # Attribute swaps, in the order variants are offered: colour first (the paper's Fig. 3
 # prompts differ mostly in colour), then texture, then swelling.
 SWAPS: tuple[tuple[str, dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]], ...] = (

@@ -70,6 +70,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
+    after: list[Table] = field(default_factory=list)  # further tables of the same file
 
 
 def _split_md_row(line: str) -> list[str]:
@@ -99,30 +100,33 @@ def _is_rule(cells: list[str]) -> bool:
 
 
 def parse_markdown(path: Path) -> Table:
-    """The first pipe table of a Markdown file, and every other non-heading line as notes."""
+    """The pipe tables of a Markdown file, each with the non-heading lines after it as its
+    notes (lines above the first table are its notes too); the first table holds the
+    others in ``after``."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    header: list[str] = []
-    rows: list[list[str]] = []
-    notes: list[str] = []
-    state = "before"  # before → in the table → after
+    tables: list[Table] = []
+    before: list[str] = []  # lines above the first table: its notes too
+    in_table = False
     for line in lines:
-        is_row = line.strip().startswith("|")
-        if state == "before" and is_row:
-            header, state = _split_md_row(line), "table"
-        elif state == "table" and is_row:
+        if line.strip().startswith("|"):
             cells = _split_md_row(line)
-            if not _is_rule(cells):
-                rows.append(cells)
-        else:
-            if state == "table":
-                state = "after"
-            text = line.strip()
-            # Headings repeat the report's own section title; blank lines carry nothing.
-            if text and not text.startswith("#"):
-                notes.append(text)
-    if not header:
+            if not in_table:
+                tables.append(Table(cells, []))
+                in_table = True
+            elif not _is_rule(cells):
+                tables[-1].rows.append(cells)
+            continue
+        in_table = False
+        text = line.strip()
+        # Headings repeat the report's own section title; blank lines carry nothing.
+        if text and not text.startswith("#"):
+            (tables[-1].notes if tables else before).append(text)
+    if not tables:
         raise ValueError(f"{path}: no Markdown table found")
-    return Table(header, rows, notes)
+    first, *rest = tables
+    first.notes[:0] = before
+    first.after = rest
+    return first
 
 
 def read_table(path: str | os.PathLike) -> Table:
@@ -136,13 +140,15 @@ def read_table(path: str | os.PathLike) -> Table:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a readable CSV table ({err})") from err
     notes: list[str] = []
+    after: list[Table] = []
     sibling = path.with_suffix(".md")
     if sibling.is_file():
         try:
-            notes = parse_markdown(sibling).notes
+            parsed = parse_markdown(sibling)
+            notes, after = parsed.notes, parsed.after
         except ValueError:
             notes = [line for line in sibling.read_text(encoding="utf-8").splitlines() if line]
-    return Table(list(frame.columns), frame.values.tolist(), notes)
+    return Table(list(frame.columns), frame.values.tolist(), notes, after)
 
 
 def is_missing(text: str) -> bool:
@@ -164,7 +170,7 @@ def table_html(table: Table) -> str:
     out = f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
     if table.notes:
         out += '\n<div class="notes">' + html.escape("\n".join(table.notes)) + "</div>"
-    return out
+    return out + "".join("\n" + table_html(more) for more in table.after)
 
 
 def png_data_uri(path: Path) -> str:

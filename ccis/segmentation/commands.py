@@ -48,6 +48,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
         drop_path_rate=args.drop_path_rate,
         pretrained_file=args.pretrained_file,
         threads=args.threads,
+        loss=args.loss,
+        soft_masks=not args.binary_masks,
+        repeat=args.repeat,
     )
 
 
@@ -94,6 +97,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--scales", type=_scales, default=(0.75, 1.0, 1.25), help="0.75,1,1.25")
     train.add_argument("--clip", type=float, default=0.5, help="gradient clamp by value")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--loss", choices=("reference", "weighted"), default="reference",
+        help="structure loss: reference (released code: unweighted BCE) or weighted",
+    )  # fmt: skip
+    train.add_argument(
+        "--binary-masks", action="store_true",
+        help="binarise resized training masks at 128 (default: soft, as the references)",
+    )  # fmt: skip
+    train.add_argument(
+        "--repeat", type=int, default=1,
+        help="list the training pairs this many times per epoch (step-matched control)",
+    )  # fmt: skip
     train.add_argument("--threads", type=int, default=None)
     train.set_defaults(func=_cmd_train)
 

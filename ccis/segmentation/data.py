@@ -2,8 +2,10 @@
 
 Real training manifests and synthetic ones (``synthetic/<gen>.parquet``) share the
 manifest schema; paths in a manifest are relative to its folder. Pairs are decoded once,
-resized to the training size (bilinear, as the references' PIL ``Resize``) and kept in
-memory as uint8; masks are binarised at 128 after resizing. No augmentation (the
+resized to the training size with antialiasing (PIL bilinear, as the references'
+torchvision ``Resize`` on PIL images) and kept in memory as uint8. Masks stay *soft*
+after resizing (the references' ``ToTensor`` of the resized mask: edge pixels between 0
+and 1), or are binarised at 128 with ``soft_masks=False``. No augmentation (the
 references train without it).
 """
 
@@ -13,12 +15,11 @@ import logging
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ccis.common.images import read_gray, read_rgb
+from ccis.common.images import read_gray, read_rgb, resize_antialiased
 from ccis.data.manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 class SegmentationData:
     """All pairs of ``manifests``, resized to ``size``×``size``, in memory."""
 
-    def __init__(self, manifests: list[str | os.PathLike], size: int):
+    def __init__(self, manifests: list[str | os.PathLike], size: int, soft_masks: bool = True):
         if not manifests:
             raise ValueError("no training manifest given")
         pairs = [p for m in manifests for p in manifest_pairs(m)]
@@ -67,9 +68,9 @@ class SegmentationData:
                     f"{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image "
                     f"{image_path} is {image.shape[1]}×{image.shape[0]}"
                 )
-            self.images[i] = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-            small = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
-            self.masks[i] = np.where(small >= 128, 1, 0)
+            self.images[i] = resize_antialiased(image, size)
+            small = resize_antialiased(mask, size)
+            self.masks[i] = small if soft_masks else np.where(small >= 128, 255, 0)
         log.info(
             "read %d pairs from %s at %d×%d (%.0f MiB in memory)",
             len(pairs), ", ".join(map(str, manifests)), size, size,
@@ -80,9 +81,9 @@ class SegmentationData:
         return len(self.ids)
 
     def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised images N×3×S×S and binary masks N×1×S×S (float)."""
+        """Normalised images N×3×S×S and masks N×1×S×S in [0, 1] (float)."""
         images = to_tensor(self.images[indices])
-        masks = torch.from_numpy(self.masks[indices]).unsqueeze(1).float()
+        masks = torch.from_numpy(self.masks[indices]).unsqueeze(1).float() / 255
         return images, masks
 
 

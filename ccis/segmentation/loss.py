@@ -1,4 +1,15 @@
-"""The structure loss of PraNet and Polyp-PVT: weighted BCE + weighted IoU."""
+"""The structure loss of PraNet and Polyp-PVT: (weighted) BCE + weighted IoU.
+
+Two forms, chosen by ``segmentation.loss``:
+
+- ``reference``: what both released training scripts compute. They call
+  ``binary_cross_entropy_with_logits(..., reduce='none')``; ``reduce`` is the deprecated
+  boolean argument and the string ``'none'`` is truthy, so the BCE is reduced to its mean
+  over the whole batch *before* the boundary weights touch it: their BCE term is the plain
+  mean BCE, and only the IoU term is weighted. The paper ran the segmenters "with their
+  default settings", so this is the like-for-like form.
+- ``weighted``: the form the papers describe, both terms weighted per pixel.
+"""
 
 from __future__ import annotations
 
@@ -22,21 +33,30 @@ def boundary_weights(mask: torch.Tensor) -> torch.Tensor:
     return 1 + 5 * torch.abs(box_mean31(mask) - mask)
 
 
-def structure_loss(
-    logits: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Weighted BCE + weighted IoU loss, averaged over the batch.
+LOSSES = ("reference", "weighted")
 
-    ``logits`` and ``mask`` are N×1×H×W (mask in [0, 1]); ``weights`` default to
-    :func:`boundary_weights`. This is the *intended* weighted form. Both reference
-    repositories call ``binary_cross_entropy_with_logits(..., reduce='none')``: ``reduce``
-    is the deprecated boolean argument, the string ``'none'`` is truthy, so the BCE is
-    reduced to its mean *before* weighting and their BCE term is in fact unweighted.
+
+def structure_loss(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    form: str = "weighted",
+) -> torch.Tensor:
+    """BCE + weighted IoU loss, averaged over the batch.
+
+    ``logits`` and ``mask`` are N×1×H×W (mask in [0, 1], soft masks allowed); ``weights``
+    default to :func:`boundary_weights`. ``form`` is ``weighted`` (both terms weighted) or
+    ``reference`` (the released code's unweighted mean BCE; see the module docstring).
     """
+    if form not in LOSSES:
+        raise ValueError(f"unknown structure-loss form {form!r}; known: {', '.join(LOSSES)}")
     if weights is None:
         weights = boundary_weights(mask)
-    bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
-    wbce = (weights * bce).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
+    if form == "reference":
+        wbce = F.binary_cross_entropy_with_logits(logits, mask)  # one mean over the batch
+    else:
+        bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+        wbce = (weights * bce).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
     prob = torch.sigmoid(logits)
     inter = (prob * mask * weights).sum(dim=(2, 3))
     union = ((prob + mask) * weights).sum(dim=(2, 3))

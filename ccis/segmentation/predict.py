@@ -1,6 +1,7 @@
 """Load a trained segmenter folder and predict polyp probabilities, as the references test.
 
-Each image is resized to the training size (bilinear), ImageNet-normalised, passed
+Each image is resized to the training size (antialiased bilinear, as the references'
+test loaders), ImageNet-normalised, passed
 through the network; the final logits (PraNet: last map; Polyp-PVT: P1 + P2) are
 resized back to the image's own size (bilinear, ``align_corners=False``) and squashed
 with a sigmoid.
@@ -13,12 +14,12 @@ import logging
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ccis.common.images import resize_antialiased
 from ccis.segmentation.data import to_tensor
 from ccis.segmentation.layers import resize
 from ccis.segmentation.models import build_segmenter
@@ -75,8 +76,7 @@ def predict_probabilities(
                     f"predict_probabilities takes H×W×3 uint8 RGB images, got {image.shape} "
                     f"{image.dtype}"
                 )
-        resized = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR)
-                            for im in chunk])  # fmt: skip
+        resized = np.stack([resize_antialiased(im, size) for im in chunk])
         logits = model.final_logits(model(to_tensor(resized).to(device)))
         for image, logit in zip(chunk, logits, strict=True):
             full = resize(logit[None], image.shape[:2])[0, 0]

@@ -1,13 +1,19 @@
 """Train PraNet or Polyp-PVT on real (+ synthetic) pairs, as the reference scripts do.
 
 Per batch, one optimiser step per multi-scale rate (0.75/1/1.25 → sizes rounded to
-multiples of 32), loss = sum of structure losses of every output map, gradients clamped
+multiples of 32), loss = sum of structure losses of every output map (the released
+code's form by default, ``ccis.segmentation.loss``), gradients clamped
 *by value* to ±``clip`` (the references' ``clip_gradient`` calls ``grad.clamp_`` on every
 parameter, i.e. ``torch.nn.utils.clip_grad_value_``, not a norm clip). Optimisers: Adam
 for PraNet, AdamW with weight decay 1e-4 for Polyp-PVT, lr 1e-4, no schedule (the
 references' step decay never triggers within their epoch counts). We keep the last
 epoch's weights: the Polyp-PVT script picks the "best" epoch on test data, which leaks
-the test set into model selection.
+the test set into model selection. The references loop ``range(1, epoch)``: their
+"20" and "100" epochs are 19 and 99, which is what ``configs/paper.yaml`` asks for.
+
+``repeat`` lists the training pairs that many times per epoch: ``real ×2`` sees the
+real set twice an epoch, as many optimiser steps as real + one synthetic set of the
+same size, so that "synthetic data helps" can be told apart from "more steps help".
 
 A checkpoint is written after every epoch; a killed run resumes from the newest one.
 Data order and stochastic depth are functions of (seed, epoch), so a resumed run ends
@@ -34,7 +40,7 @@ from ccis.generator.checkpoints import resume_from, save_checkpoint
 from ccis.generator.provenance import claim, fingerprint
 from ccis.segmentation.backbones import DEFAULT_DROP_PATH
 from ccis.segmentation.data import SegmentationData, epoch_batches, rescale, scale_sizes
-from ccis.segmentation.loss import boundary_weights, structure_loss
+from ccis.segmentation.loss import LOSSES, boundary_weights, structure_loss
 from ccis.segmentation.models import MODELS, build_segmenter
 
 log = logging.getLogger(__name__)
@@ -80,19 +86,25 @@ def train_segmenter(
     drop_path_rate: float | None = None,
     pretrained_file: str | os.PathLike | None = None,
     threads: int | None = None,
+    loss: str = "reference",
+    soft_masks: bool = True,
+    repeat: int = 1,
 ) -> Path:
     """Train ``model_name`` on ``manifests`` and write ``out`` (weights, config, loss log).
 
     ``work`` keeps the per-epoch checkpoints and the loss log between runs (resume).
-    ``weight_decay`` and ``drop_path_rate`` default to the model's reference values.
+    ``weight_decay`` and ``drop_path_rate`` default to the model's reference values;
+    ``loss`` (reference | weighted), ``soft_masks`` and ``repeat`` are described above.
     """
     if model_name not in MODELS:
         raise ValueError(f"unknown segmenter {model_name!r}; known: {', '.join(MODELS)}")
-    if epochs < 1 or batch_size < 1 or size < 32 or not scales:
+    if epochs < 1 or batch_size < 1 or size < 32 or not scales or repeat < 1:
         raise ValueError(
-            f"need epochs ≥ 1, batch size ≥ 1, size ≥ 32 and a scale; got {epochs}, "
-            f"{batch_size}, {size}, {list(scales)}"
+            f"need epochs ≥ 1, batch size ≥ 1, size ≥ 32, a scale and repeat ≥ 1; got "
+            f"{epochs}, {batch_size}, {size}, {list(scales)}, {repeat}"
         )
+    if loss not in LOSSES:
+        raise ValueError(f"unknown structure-loss form {loss!r}; known: {', '.join(LOSSES)}")
     if threads:
         torch.set_num_threads(threads)
     if weight_decay is None:
@@ -107,6 +119,7 @@ def train_segmenter(
         seed=seed, weight_decay=weight_decay, drop_path_rate=drop_path_rate,
         optimizer=OPTIMIZERS[model_name][0],
         pretrained_file=str(pretrained_file) if pretrained_file else None,
+        loss=loss, soft_masks=soft_masks, repeat=repeat,
     )  # fmt: skip
     # Epochs may be raised to train on; anything else changes the run, so clear old work.
     inputs = manifests + ([Path(pretrained_file)] if pretrained_file else [])
@@ -121,7 +134,8 @@ def train_segmenter(
         claim(work, fingerprint(settings, inputs))
     accelerator.wait_for_everyone()
 
-    data = SegmentationData(manifests, size)
+    data = SegmentationData(manifests, size, soft_masks=soft_masks)
+    count = len(data) * repeat  # positions per epoch; position i is pair i mod len(data)
     torch.manual_seed(seed)  # initialisation of the decoder layers
     model = build_segmenter(model_name, backbone, pretrained_file, drop_path_rate)
     device = accelerator.device  # the GPU when there is one; the demo runs on the CPU
@@ -130,11 +144,13 @@ def train_segmenter(
     model, optimizer = accelerator.prepare(model, optimizer)
     sizes = scale_sizes(size, list(scales))
     log.info(
-        "training %s (%s, %.1fM parameters) on %d pairs: %d epochs, batch %d, sizes %s, "
-        "%s lr %g wd %g, clamp ±%g, seed %d, %d threads, on %s × %d processes",
+        "training %s (%s, %.1fM parameters) on %d pairs × %d: %d epochs, batch %d, sizes %s, "
+        "%s lr %g wd %g, clamp ±%g, %s loss, %s masks, seed %d, %d threads, on %s × %d "
+        "processes",
         model_name, backbone, sum(p.numel() for p in model.parameters()) / 1e6, len(data),
-        epochs, batch_size, sizes, settings["optimizer"], learning_rate, weight_decay, clip,
-        seed, torch.get_num_threads(), device, world,
+        repeat, epochs, batch_size, sizes, settings["optimizer"], learning_rate, weight_decay,
+        clip, loss, "soft" if soft_masks else "binary", seed, torch.get_num_threads(), device,
+        world,
     )  # fmt: skip
 
     def write(folder: Path) -> None:
@@ -154,7 +170,7 @@ def train_segmenter(
     if start >= epochs:
         log.info("%s already holds epoch %d of %d", checkpoints, start, epochs)
 
-    per_epoch = len(epoch_batches(len(data), batch_size, seed, 0))
+    per_epoch = len(epoch_batches(count, batch_size, seed, 0))
     progress = tqdm(
         total=epochs * per_epoch, initial=min(start, epochs) * per_epoch,
         desc=f"train {model_name}", unit="batch", disable=not accelerator.is_main_process,
@@ -164,19 +180,20 @@ def train_segmenter(
         torch.manual_seed(epoch_seed(seed, epoch))
         model.train()
         losses = []
-        for indices in epoch_batches(len(data), batch_size, seed, epoch):
+        for positions in epoch_batches(count, batch_size, seed, epoch):
+            indices = positions % len(data)
             # (a last batch smaller than the process count repeats an image on some)
             mine = indices[rank::world] if len(indices) >= world else indices[:1]
             images, masks = data.batch(mine)
             for step_size in sizes:  # one optimiser step per scale, as the references
                 x, m = (t.to(device) for t in rescale(images, masks, step_size))
                 weights = boundary_weights(m)  # shared by the output maps
-                loss = sum(structure_loss(logits, m, weights) for logits in model(x))
+                total = sum(structure_loss(logits, m, weights, loss) for logits in model(x))
                 optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
+                accelerator.backward(total)
                 accelerator.clip_grad_value_(model.parameters(), clip)
                 optimizer.step()
-                losses.append(float(accelerator.reduce(loss.detach(), reduction="mean")))
+                losses.append(float(accelerator.reduce(total.detach(), reduction="mean")))
             progress.update()
             progress.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
         seconds = time.perf_counter() - began
@@ -195,7 +212,7 @@ def train_segmenter(
     # The run may have stopped at a later epoch before (epochs lowered): use its weights.
     final = max(start, epochs)
     config = dict(settings, epochs=final, train_manifests=[str(m) for m in manifests],
-                  train_pairs=len(data))  # fmt: skip
+                  train_pairs=len(data), steps_per_epoch=per_epoch * len(sizes))  # fmt: skip
     if not accelerator.is_main_process:
         return out
     with atomic_dir(out) as tmp:
