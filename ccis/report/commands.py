@@ -70,6 +70,14 @@ def _cmd_report(args: argparse.Namespace) -> None:
     )
 
 
+def _add_loss_logs(parser: argparse.ArgumentParser) -> None:
+    """``--branch GEN=DIR`` (repeatable): the trained branches whose loss logs are read."""
+    parser.add_argument(
+        "--branch", action="append", required=True, metavar="GEN=DIR",
+        help="a trained branch folder holding loss.csv (or the CSV itself); repeatable",
+    )  # fmt: skip
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register this stage's sub-commands on the ``ccis`` parser."""
     grid = sub.add_parser(
@@ -100,19 +108,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     grid.set_defaults(func=_cmd_figure_grid)
 
     losses = sub.add_parser("figure-losses", help="all generators' training loss curves")
-    losses.add_argument(
-        "--branch", action="append", required=True, metavar="GEN=DIR",
-        help="a trained branch folder holding loss.csv (or the CSV itself); repeatable",
-    )  # fmt: skip
+    _add_loss_logs(losses)
     losses.add_argument("--out", required=True, type=Path, help="PNG to write")
     losses.add_argument("--log-scale", action="store_true", help="logarithmic loss axis")
     losses.set_defaults(func=_cmd_figure_losses)
 
     lam = sub.add_parser("taam-lambda-table", help="TAAM's λ per block at start and end")
-    lam.add_argument(
-        "--branch", action="append", required=True, metavar="GEN=DIR",
-        help="a trained branch folder holding loss.csv (or the CSV itself); repeatable",
-    )  # fmt: skip
+    _add_loss_logs(lam)
     lam.add_argument("--out-md", required=True, type=Path, help="Markdown table to write")
     lam.add_argument("--start", type=float, required=True, help="λ at the start (taam_lambda)")
     lam.set_defaults(func=_cmd_taam_lambda_table)
