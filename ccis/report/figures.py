@@ -83,16 +83,17 @@ def taam_lambda_table(
     branches: Mapping[str, str | os.PathLike], out_md: str | os.PathLike, *, start: float
 ) -> Path:
     """Markdown table: each TAAM block's λ at the start and at the end of training."""
-    rows = []
+    rows, steps = [], {}
     for name, folder in branches.items():
         frame = read_lambdas(folder)
+        if len(frame):
+            steps[name] = int(frame["step"].iloc[-1])
         for column in frame.columns[1:]:
             end = float(frame[column].iloc[-1])
             rows.append(f"| {DISPLAY_NAMES.get(name, name)} | {column.split('_')[1]} | "
                         f"{start:.3f} | {end:.3f} | {end - start:+.3f} |")  # fmt: skip
     if not rows:
         raise ValueError("taam-lambda-table: no branch logged TAAM's λ (none has TAAM)")
-    steps = {name: int(read_loss(folder)["step"].iloc[-1]) for name, folder in branches.items()}
     lines = [
         "| Generator | Block | λ at start | λ at end | change |",
         "|---|---:|---:|---:|---:|",
