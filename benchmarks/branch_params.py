@@ -17,15 +17,9 @@ from __future__ import annotations
 from accelerate import init_empty_weights
 from diffusers import ControlNetModel
 
-from ccis.diffusion.model import CCISControlNetModel
 from ccis.diffusion.presets import SD_CONDITIONING_CHANNELS
-from ccis.diffusion.unicontrolnet import (
-    EXTRACTOR_CHANNELS,
-    FDN,
-    INJECT_CHANNELS,
-    UniControlNetAdapter,
-)
-from ccis.generator import REGISTRY
+from ccis.diffusion.unicontrolnet import EXTRACTOR_CHANNELS, FDN, INJECT_CHANNELS
+from ccis.generator.registry import REGISTRY, resolve
 
 # SD v1.5's UNet: ControlNetModel's defaults plus CLIP ViT-L/14's 768-wide text states.
 SD15 = {"cross_attention_dim": 768, "conditioning_channels": 1}
@@ -68,15 +62,8 @@ def main() -> None:
         )
         branches = {}
         for name, spec in REGISTRY.items():
-            if spec.family == "unicontrolnet":
-                branches[name] = UniControlNetAdapter(
-                    **SD15, extractor_channels=EXTRACTOR_CHANNELS, inject_channels=INJECT_CHANNELS
-                )
-            else:
-                branches[name] = CCISControlNetModel(
-                    **SD15, conditioning_embedding_out_channels=SD_CONDITIONING_CHANNELS,
-                    **spec.switches,
-                )  # fmt: skip
+            # Each branch class at its own SD-scale defaults, with the entry's switches.
+            branches[name] = resolve(spec.network)(**SD15, **spec.switches)
     base = count(controlnet)
     print("Trainable branch parameters at SD v1.5 shape (meta device, 1-channel mask)")
     print(f"{'branch':<22}{'parameters':>16}{'vs ControlNet':>16}")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ccis.segmentation.backbones import DEMO_BACKBONES
 from ccis.segmentation.data import scale_sizes
 from ccis.segmentation.loss import boundary_weights, structure_loss
 from ccis.segmentation.models import build_segmenter
+from ccis.segmentation.registry import REGISTRY
 from ccis.segmentation.train import make_optimizer
 
 
@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pairs = [tuple(b.split("=", 1)) for b in args.backbone or []] or list(DEMO_BACKBONES.items())
+    demo = [(name, entry.demo_backbone) for name, entry in REGISTRY.items()]
+    pairs = [tuple(b.split("=", 1)) for b in args.backbone or []] or demo
     scales = [float(s) for s in args.scales.split(",")]
     print(f"size {args.size}, batch {args.batch_size}, sizes {scale_sizes(args.size, scales)}, "
           f"{args.threads} thread(s)")  # fmt: skip

@@ -23,7 +23,8 @@ import torch
 
 from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import load_sd15
-from ccis.generator.synthesize import condition_mask, load_branch
+from ccis.generator.registry import load_branch
+from ccis.generator.synthesize import condition_mask
 from ccis.metrics.bootstrap import rate_interval
 from ccis.metrics.text_adherence import text_adherence_pairs
 

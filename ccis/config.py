@@ -57,6 +57,33 @@ def _fill_defaults(instance: Any, schema: dict) -> None:
             _fill_defaults(item, schema["items"])
 
 
+def load_schema(schema_path: str | os.PathLike) -> dict:
+    """The config schema with the registries' names and defaults filled in.
+
+    The YAML leaves the names of generators, segmenters and data-set layouts, and the
+    per-segmenter settings, to the registries that own them, so that adding one is a
+    single registry entry.
+    """
+    from ccis.data.layouts import LAYOUTS
+    from ccis.generator.registry import GENERATORS
+    from ccis.segmentation.registry import REGISTRY as SEGMENTERS
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    defs = schema["$defs"]
+    defs["generator"]["enum"] = list(GENERATORS)
+    defs["segmenter"]["enum"] = list(SEGMENTERS)
+    defs["format"]["enum"] = list(LAYOUTS)
+    template = defs["segmenter_settings"]
+    segmentation = schema["properties"]["segmentation"]["properties"]
+    for name, entry in SEGMENTERS.items():
+        settings = yaml.safe_load(yaml.safe_dump(template))
+        for key in ("backbone", "epochs", "learning_rate", "weight_decay", "drop_path_rate"):
+            settings["properties"][key]["default"] = getattr(entry, key)
+        settings["description"] = f"{entry.label}: {template['description']}"
+        segmentation[name] = settings
+    return schema
+
+
 def validate_config(
     config: dict, schema_path: str | os.PathLike, workdir: str | os.PathLike = "."
 ) -> dict:
@@ -65,7 +92,7 @@ def validate_config(
     Beyond the schema: split names are unique, exactly one split has role ``train``,
     and every data-set folder exists (relative paths are taken from ``workdir``).
     """
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = load_schema(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     problems = [
         line
@@ -131,7 +158,7 @@ def _segmentation_problems(config: dict, workdir: Path) -> list[str]:
             )
     if seg.get("size", 32) % 32:
         problems.append(f"segmentation.size: {seg['size']} is not a multiple of 32")
-    for name in ("pranet", "polyp_pvt"):
+    for name in seg.get("models", []):
         file = seg.get(name, {}).get("pretrained_file")
         if file and not (Path(file) if Path(file).is_absolute() else workdir / file).is_file():
             problems.append(f"segmentation.{name}.pretrained_file: {file!r} does not exist")

@@ -1,16 +1,42 @@
 # caption: measure attributes and caption the training pairs -> image–mask–text triplets.
 # Sharded: `caption.shards` jobs each take every N-th pair; gather_captions joins them.
 
+CAPTION = config["caption"]
+
+# `ccis caption` options (all but manifest, output and shard). The LLaMA captioner's
+# model files are inputs of the rule as well: a new model means new captions.
+CAPTION_ARGS = [
+    "--captioner", CAPTION["captioner"],
+    "--seed", CAPTION["seed"],
+    "--max-tokens", CAPTION["max_tokens"],
+]
+CAPTION_MODELS = []
+if CAPTION["tokenizer"]:
+    CAPTION_ARGS += ["--tokenizer", CAPTION["tokenizer"]]
+if CAPTION["captioner"] == "llama":
+    LLAMA = CAPTION["llama"]
+    CAPTION_ARGS += [
+        "--llama-model", LLAMA["model"],
+        "--llama-n-ctx", LLAMA["n_ctx"],
+        "--llama-max-new-tokens", LLAMA["max_new_tokens"],
+        "--llama-temperature", LLAMA["temperature"],
+        "--llama-retries", LLAMA["retries"],
+        "--llama-cache", f"{RESULTS}/cache/llama",
+    ]
+    if LLAMA["mmproj"]:
+        CAPTION_ARGS += ["--llama-mmproj", LLAMA["mmproj"]]
+    CAPTION_MODELS = [path for path in (LLAMA["model"], LLAMA["mmproj"]) if path]
+
 
 rule caption:
     input:
-        manifest=f"{RESULTS}/data/{{split}}.parquet",
-        folder=f"{RESULTS}/data/{{split}}",
-        models=caption_model_inputs(),
+        manifest=rules.prepare.output.manifest,
+        folder=rules.prepare.output.folder,
+        models=CAPTION_MODELS,
     output:
         temp(f"{RESULTS}/captions/{{split}}.part{{shard}}.parquet"),
     params:
-        args=caption_args(),
+        args=quoted(CAPTION_ARGS),
         shards=CAPTION["shards"],
     log:
         f"{RESULTS}/logs/caption/{{split}}.part{{shard}}.log",
@@ -30,10 +56,7 @@ rule caption:
 
 rule gather_captions:
     input:
-        expand(
-            f"{RESULTS}/captions/{{{{split}}}}.part{{shard}}.parquet",
-            shard=range(CAPTION["shards"]),
-        ),
+        expand(rules.caption.output[0], shard=range(CAPTION["shards"]), allow_missing=True),
     output:
         f"{RESULTS}/captions/{{split}}.parquet",
     log:
@@ -48,3 +71,7 @@ rule gather_captions:
         "../envs/ccis.yaml"
     shell:
         "ccis gather --out {output} {input} > {log} 2>&1"
+
+
+# The training split's triplets: what the generator stages and the metrics read.
+TRIPLETS = expand(rules.gather_captions.output[0], split=TRAIN)[0]

@@ -1,12 +1,39 @@
 # prepare: phantom frames or a real data set -> normalised pairs + manifest per split.
 
+DATA = config["data"]
+
+# `ccis prepare` options of each split, spelled out (the command reads no config): a
+# phantom split's count, centre and frame size, or a real split's source folders
+# (`<format>[:<name>]=<root>`) and what to do with bad pairs, empty masks, huge frames.
+PREPARE_ARGS = {}
+for split, spec in SPLITS.items():
+    if "phantom" in spec:
+        args = [
+            "--phantom-count", spec["phantom"]["count"],
+            "--centre", spec["phantom"]["centre"],
+            "--seed", DATA["phantom"]["seed"],
+            "--width", DATA["phantom"]["width"],
+            "--height", DATA["phantom"]["height"],
+        ]
+    else:
+        args = []
+        for source in spec["sources"]:
+            head = source["format"] + (f":{source['name']}" if "name" in source else "")
+            args += ["--source", f"{head}={source['root']}"]
+        args += [
+            "--on-bad-pair", DATA["on_bad_pair"],
+            "--empty-masks", DATA["empty_masks"],
+            "--max-pixels", DATA["max_pixels"],
+        ]
+    PREPARE_ARGS[split] = quoted(args)
+
 
 rule prepare:
     output:
         manifest=f"{RESULTS}/data/{{split}}.parquet",
         folder=directory(f"{RESULTS}/data/{{split}}"),
     params:
-        args=lambda wildcards: prepare_args(wildcards.split),
+        args=lambda wildcards: PREPARE_ARGS[wildcards.split],
         out=lambda wildcards, output: Path(output.manifest).parent,
     log:
         f"{RESULTS}/logs/prepare/{{split}}.log",

@@ -3,10 +3,14 @@
 # Checkpoints and half-finished image folders live under undeclared work folders, so a
 # killed job resumes instead of restarting; the declared outputs are the final results.
 
+TRAINING = config["train"]
+SYNTHESIS = config["synthesis"]
+MODEL_ARGS = f"--resolution {MODEL['resolution']}"
+
 
 rule bootstrap:
     input:
-        triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
+        triplets=TRIPLETS,
     output:
         directory(f"{RESULTS}/models/base"),
     params:
@@ -16,7 +20,7 @@ rule bootstrap:
             for key, value in config["bootstrap"].items()
             if key != "threads"
         ),
-        model=model_args(),
+        model=MODEL_ARGS,
     log:
         f"{RESULTS}/logs/bootstrap.log",
     benchmark:
@@ -32,19 +36,51 @@ rule bootstrap:
         " {params.steps} {params.model} --threads {threads} > {log} 2>&1"
 
 
+# The frozen base every branch trains on and samples with: the bootstrap output (tiny
+# preset) or your SD v1.5 (sd15: a diffusers folder, one .safetensors file or a hub id in
+# the local cache). It is a DAG input unless it is a hub id (see base_path).
+if MODEL["preset"] == "tiny":
+    BASE_INPUTS = [rules.bootstrap.output[0]]
+else:
+    BASE_INPUTS = local_file(MODEL["sd15"])
+
+# `ccis train-generator` options: the training recipe and the branches' channel widths.
+TRAIN_ARGS = [
+    "--steps", TRAINING["steps"],
+    "--batch-size", TRAINING["batch_size"],
+    "--learning-rate", TRAINING["learning_rate"],
+    "--gradient-accumulation", TRAINING["gradient_accumulation"],
+    "--checkpoint-every", TRAINING["checkpoint_every"],
+    "--validate-every", TRAINING["validate_every"],
+    "--empty-prompt-probability", TRAINING["empty_prompt_probability"],
+    "--mixed-precision", TRAINING["mixed_precision"],
+    "--blur-sigma", TRAINING["blur_sigma"],
+    "--taam-lambda", TRAINING["taam_lambda"],
+    "--lambda-learning-rate", TRAINING["lambda_learning_rate"],
+    "--max-grad-norm", TRAINING["max_grad_norm"],
+    "--seed", TRAINING["seed"],
+    "--conditioning-channels", ",".join(str(c) for c in MODEL["conditioning_channels"]),
+    "--extractor-channels",
+    ",".join(str(c) for c in MODEL["unicontrolnet"]["extractor_channels"]),
+    "--inject-channels", ",".join(str(c) for c in MODEL["unicontrolnet"]["inject_channels"]),
+]
+if TRAINING["gradient_checkpointing"]:
+    TRAIN_ARGS.append("--gradient-checkpointing")
+
+
 rule train_generator:
     input:
-        triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
-        base=base_inputs(),
+        triplets=TRIPLETS,
+        base=BASE_INPUTS,
     output:
         directory(f"{RESULTS}/models/{{generator}}"),
     params:
         base=base_path,
         work=lambda wildcards: f"{RESULTS}/work/train/{wildcards.generator}",
-        args=train_args(),
-        model=model_args(),
+        args=quoted(TRAIN_ARGS),
+        model=MODEL_ARGS,
         # Several GPUs: one process each through `accelerate launch` (same code path).
-        command=launcher("train-generator", config["train"]["gpus"]),
+        command=launcher("train-generator", TRAINING["gpus"]),
     log:
         f"{RESULTS}/logs/train_generator/{{generator}}.log",
     benchmark:
@@ -53,7 +89,7 @@ rule train_generator:
     resources:
         mem_mb=8000 if MODEL["preset"] == "tiny" else 40000,
         runtime=60 if MODEL["preset"] == "tiny" else 2880,
-        gpu=config["train"]["gpus"],
+        gpu=TRAINING["gpus"],
     conda:
         "../envs/ccis.yaml"
     shell:
@@ -62,19 +98,30 @@ rule train_generator:
         " --threads {threads} > {log} 2>&1"
 
 
+# `ccis synthesize` sampling options (also those of the text-adherence test).
+SYNTHESIS_ARGS = quoted(
+    [
+        "--steps", SYNTHESIS["steps"],
+        "--guidance-scale", SYNTHESIS["guidance_scale"],
+        "--batch-size", SYNTHESIS["batch_size"],
+        "--seed", SYNTHESIS["seed"],
+    ]
+)
+
+
 rule synthesize:
     input:
-        triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
-        branch=f"{RESULTS}/models/{{generator}}",
-        base=base_inputs(),
+        triplets=TRIPLETS,
+        branch=rules.train_generator.output[0],
+        base=BASE_INPUTS,
     output:
         temp(f"{RESULTS}/synthetic/{{generator}}.part{{shard}}.parquet"),
     params:
         base=base_path,
         images=lambda wildcards: f"{RESULTS}/synthetic/{wildcards.generator}/shard{wildcards.shard}",
-        shards=config["synthesis"]["shards"],
-        args=synthesis_args(),
-        model=model_args(),
+        shards=SYNTHESIS["shards"],
+        args=SYNTHESIS_ARGS,
+        model=MODEL_ARGS,
     log:
         f"{RESULTS}/logs/synthesize/{{generator}}.part{{shard}}.log",
     benchmark:
@@ -83,7 +130,7 @@ rule synthesize:
     resources:
         mem_mb=4000 if MODEL["preset"] == "tiny" else 24000,
         runtime=60 if MODEL["preset"] == "tiny" else 720,
-        gpu=min(1, config["train"]["gpus"]),
+        gpu=min(1, TRAINING["gpus"]),
     conda:
         "../envs/ccis.yaml"
     shell:
@@ -95,10 +142,7 @@ rule synthesize:
 
 rule gather_synthetic:
     input:
-        expand(
-            f"{RESULTS}/synthetic/{{{{generator}}}}.part{{shard}}.parquet",
-            shard=range(config["synthesis"]["shards"]),
-        ),
+        expand(rules.synthesize.output[0], shard=range(SYNTHESIS["shards"]), allow_missing=True),
     output:
         f"{RESULTS}/synthetic/{{generator}}.parquet",
     log:

@@ -3,25 +3,27 @@
 # generator, then the table. Text adherence draws its own images (pale vs red prompts on
 # every training mask), so it is a job of its own.
 
+METRICS = config["metrics"]
+FIDELITY_SEGMENTER = METRICS["fidelity_segmenter"]  # a real-data Table 3 run
+
+# open_clip model of the CLIP scores, and its local checkpoint when configured.
+CLIP_ARGS = quoted(
+    ["--clip-model", METRICS["clip_model"]]
+    + (["--clip-pretrained", METRICS["clip_pretrained"]] if METRICS["clip_pretrained"] else [])
+)
+
 
 rule text_adherence:
     input:
-        triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
-        branch=f"{RESULTS}/models/{{generator}}",
-        base=base_inputs(),
+        triplets=TRIPLETS,
+        branch=rules.train_generator.output[0],
+        base=BASE_INPUTS,
     output:
         f"{RESULTS}/metrics/{{generator}}.text_adherence.parquet",
     params:
         base=base_path,
-        args=quoted(
-            [
-                "--steps", config["synthesis"]["steps"],
-                "--guidance-scale", config["synthesis"]["guidance_scale"],
-                "--batch-size", config["synthesis"]["batch_size"],
-                "--seed", config["synthesis"]["seed"],
-            ]
-        ),
-        model=model_args(),
+        args=SYNTHESIS_ARGS,
+        model=MODEL_ARGS,
     log:
         f"{RESULTS}/logs/text_adherence/{{generator}}.log",
     benchmark:
@@ -30,7 +32,7 @@ rule text_adherence:
     resources:
         mem_mb=4000 if MODEL["preset"] == "tiny" else 24000,
         runtime=30 if MODEL["preset"] == "tiny" else 720,
-        gpu=min(1, config["train"]["gpus"]),
+        gpu=min(1, TRAINING["gpus"]),
     conda:
         "../envs/ccis.yaml"
     shell:
@@ -41,19 +43,21 @@ rule text_adherence:
 
 rule metrics_generation:
     input:
-        synthetic=f"{RESULTS}/synthetic/{{generator}}.parquet",
-        real=f"{RESULTS}/captions/{TRAIN}.parquet",
-        segmenter=fidelity_segmenter(),
-        text=f"{RESULTS}/metrics/{{generator}}.text_adherence.parquet",
+        synthetic=rules.gather_synthetic.output[0],
+        real=TRIPLETS,
+        segmenter=expand(
+            rules.train_segmenter.output[0],
+            model=FIDELITY_SEGMENTER["model"],
+            setting="real",
+            seed=FIDELITY_SEGMENTER["seed"],
+        ),
+        text=rules.text_adherence.output[0],
         clip=local_file(METRICS["clip_pretrained"]),
     output:
         json=f"{RESULTS}/metrics/{{generator}}.json",
         per_image=f"{RESULTS}/metrics/{{generator}}.per_image.parquet",
     params:
-        clip=lambda wildcards: quoted(
-            ["--clip-model", METRICS["clip_model"]]
-            + (["--clip-pretrained", METRICS["clip_pretrained"]] if METRICS["clip_pretrained"] else [])
-        ),
+        clip=CLIP_ARGS,
         batch=METRICS["batch_size"],
         fid_mode=METRICS["fid_mode"],
     log:
@@ -76,9 +80,9 @@ rule metrics_generation:
 
 rule generation_table:
     input:
-        metrics=expand(f"{RESULTS}/metrics/{{generator}}.json", generator=GENERATORS),
+        metrics=expand(rules.metrics_generation.output.json, generator=GENERATORS),
         # read through the paths the JSON files name (paired differences)
-        per_image=expand(f"{RESULTS}/metrics/{{generator}}.per_image.parquet", generator=GENERATORS),
+        per_image=expand(rules.metrics_generation.output.per_image, generator=GENERATORS),
     output:
         csv=report(
             f"{RESULTS}/report/table1_generation.csv",
@@ -87,7 +91,7 @@ rule generation_table:
         ),
         md=f"{RESULTS}/report/table1_generation.md",
     params:
-        paper="--paper" if REPORT["paper"] else "",
+        paper="--paper" if config["report"]["paper"] else "",
     log:
         f"{RESULTS}/logs/report/table1.log",
     benchmark:

@@ -1,18 +1,44 @@
 # Figures (paper Fig. 3 and Fig. 4 grids, loss curves, segmentation bars) and the one-page
 # HTML report that gathers them with the tables, the config used and software versions.
+import json
+
+from ccis.generator import ABLATIONS, REGISTRY
+
+REPORT = config["report"]
+# Generators whose branch has TAAM (they log λ per block), and the Fig. 4 ablation grid:
+# CCIS-Diff and those of its ablations that are configured.
+TAAM_GENERATORS = [g for g in GENERATORS if REGISTRY[g].switches.get("taam")]
+ABLATION_GRID = [g for g in ("ccis", *ABLATIONS) if g in GENERATORS]
+# Each figure's caption (shared with `snakemake --report`) as one paragraph.
+FIGURE_CAPTIONS = {
+    name: " ".join(
+        (Path(workflow.basedir) / "workflow" / "report" / f"{name}.rst").read_text().split()
+    ).replace("**", "")
+    for name in ("fig3", "fig4", "losses", "segmentation")
+}
+# `ccis figure-grid` options: masks × prompts per grid, sampled as in synthesis.
+GRID_ARGS = quoted(
+    [
+        "--masks", REPORT["grid_masks"],
+        "--prompts-per-mask", REPORT["grid_prompts"],
+        "--steps", SYNTHESIS["steps"],
+        "--guidance-scale", SYNTHESIS["guidance_scale"],
+        "--seed", SYNTHESIS["seed"],
+    ]
+)
 
 
 # Fig. 3 (every generator) and Fig. 4 (CCIS-Diff and its ablations): one rule each, so
 # that each output has its own report caption.
-for figure, grid_generators in (("fig3", GENERATORS), ("fig4", ablation_generators())):
+for figure, grid_generators in (("fig3", GENERATORS), ("fig4", ABLATION_GRID)):
 
     rule:
         name:
             f"figure_{figure}"
         input:
-            triplets=f"{RESULTS}/captions/{TRAIN}.parquet",
-            base=base_inputs(),
-            branches=expand(f"{RESULTS}/models/{{generator}}", generator=grid_generators),
+            triplets=TRIPLETS,
+            base=BASE_INPUTS,
+            branches=expand(rules.train_generator.output[0], generator=grid_generators),
         output:
             report(
                 f"{RESULTS}/report/figures/{figure}.png",
@@ -22,16 +48,8 @@ for figure, grid_generators in (("fig3", GENERATORS), ("fig4", ablation_generato
         params:
             base=base_path,
             branches=lambda wildcards, input: branch_args(input.branches),
-            args=quoted(
-                [
-                    "--masks", REPORT["grid_masks"],
-                    "--prompts-per-mask", REPORT["grid_prompts"],
-                    "--steps", config["synthesis"]["steps"],
-                    "--guidance-scale", config["synthesis"]["guidance_scale"],
-                    "--seed", config["synthesis"]["seed"],
-                ]
-            ),
-            model=model_args(),
+            args=GRID_ARGS,
+            model=MODEL_ARGS,
         log:
             f"{RESULTS}/logs/report/{figure}.log",
         benchmark:
@@ -40,7 +58,7 @@ for figure, grid_generators in (("fig3", GENERATORS), ("fig4", ablation_generato
         resources:
             mem_mb=4000 if MODEL["preset"] == "tiny" else 24000,
             runtime=30,
-            gpu=min(1, config["train"]["gpus"]),
+            gpu=min(1, TRAINING["gpus"]),
         conda:
             "../envs/ccis.yaml"
         shell:
@@ -50,7 +68,7 @@ for figure, grid_generators in (("fig3", GENERATORS), ("fig4", ablation_generato
 
 rule figure_losses:
     input:
-        expand(f"{RESULTS}/models/{{generator}}", generator=GENERATORS),
+        expand(rules.train_generator.output[0], generator=GENERATORS),
     output:
         report(
             f"{RESULTS}/report/figures/losses.png",
@@ -75,12 +93,12 @@ rule figure_losses:
 
 rule taam_lambda_table:
     input:
-        expand(f"{RESULTS}/models/{{generator}}", generator=taam_generators()),
+        expand(rules.train_generator.output[0], generator=TAAM_GENERATORS),
     output:
         f"{RESULTS}/report/taam_lambda.md",
     params:
         branches=lambda wildcards, input: branch_args(input),
-        start=config["train"]["taam_lambda"],
+        start=TRAINING["taam_lambda"],
     log:
         f"{RESULTS}/logs/report/taam_lambda.log",
     benchmark:
@@ -98,7 +116,7 @@ rule taam_lambda_table:
 
 rule figure_segmentation:
     input:
-        segmentation_runs("per_image.parquet"),
+        SEGMENTATION_RUNS,
     output:
         report(
             f"{RESULTS}/report/figures/segmentation.png",
@@ -140,14 +158,15 @@ rule effective_config:
 
 rule report:
     input:
-        table1=f"{RESULTS}/report/table1_generation.md",
-        table3=f"{RESULTS}/report/table3_segmentation.md",
-        taam=f"{RESULTS}/report/taam_lambda.md" if taam_generators() else [],
-        fig3=f"{RESULTS}/report/figures/fig3.png",
-        fig4=f"{RESULTS}/report/figures/fig4.png" if len(ablation_generators()) > 1 else [],
-        losses=f"{RESULTS}/report/figures/losses.png",
-        segmentation=f"{RESULTS}/report/figures/segmentation.png",
-        config=f"{RESULTS}/report/config.yaml",
+        table1=rules.generation_table.output.md,
+        table3=rules.segmentation_table.output.md,
+        table2=rules.rating_table.output.md if RATED else [],
+        taam=rules.taam_lambda_table.output[0] if TAAM_GENERATORS else [],
+        fig3=rules.figure_fig3.output[0],
+        fig4=rules.figure_fig4.output[0] if len(ABLATION_GRID) > 1 else [],
+        losses=rules.figure_losses.output[0],
+        segmentation=rules.figure_segmentation.output[0],
+        config=rules.effective_config.output[0],
     output:
         report(
             f"{RESULTS}/report/index.html",
@@ -161,6 +180,8 @@ rule report:
                 "--table", f"Table 1 – generation metrics={input.table1}",
                 "--table", f"Table 3 – segmentation (mDice / mIoU)={input.table3}",
             ]
+            + (["--table", f"Table 2 – user study, clinician ratings={input.table2}"]
+               if input.table2 else [])
             + (["--table", f"TAAM λ per block, start and end of training={input.taam}"]
                if input.taam else [])
         ),
@@ -176,7 +197,7 @@ rule report:
                 if path
                 for arg in (
                     "--figure", f"{title}={path}",
-                    "--caption", f"{title}={report_caption(caption)}",
+                    "--caption", f"{title}={FIGURE_CAPTIONS[caption]}",
                 )
             ]
         ),

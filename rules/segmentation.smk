@@ -1,13 +1,42 @@
 # Downstream segmentation (paper Table 3): PraNet and Polyp-PVT trained on the real
 # training set and on real + each generator's synthetic set, several seeds, evaluated on
 # every test split. Checkpoints live in an undeclared work folder: a killed run resumes.
+from ccis.config import segmentation_settings, setting_repeat
+
+SEGMENTATION = config["segmentation"]
+SETTINGS = segmentation_settings(config)  # real, real_x2 (step-matched), real+<generator>
+
+# `ccis train-segmenter` options of each model, spelled out (the command reads no
+# config); the setting adds --repeat in front (2 for real_x2: the real set twice).
+SEGMENTER_ARGS = {
+    model: [
+        "--loss", SEGMENTATION["loss"],
+        "--backbone", SEGMENTATION[model]["backbone"],
+        "--epochs", SEGMENTATION[model]["epochs"],
+        "--learning-rate", SEGMENTATION[model]["learning_rate"],
+        "--weight-decay", SEGMENTATION[model]["weight_decay"],
+        "--drop-path-rate", SEGMENTATION[model]["drop_path_rate"],
+        "--batch-size", SEGMENTATION["batch_size"],
+        "--size", SEGMENTATION["size"],
+        "--scales", ",".join(str(s) for s in SEGMENTATION["scales"]),
+        "--clip", SEGMENTATION["clip"],
+    ]
+    + (
+        ["--pretrained-file", SEGMENTATION[model]["pretrained_file"]]
+        if SEGMENTATION[model]["pretrained_file"]
+        else []
+    )
+    + ([] if SEGMENTATION["soft_masks"] else ["--binary-masks"])
+    for model in SEGMENTERS
+}
 
 
 rule train_segmenter:
     input:
-        real=f"{RESULTS}/data/{TRAIN}.parquet",
+        real=expand(rules.prepare.output.manifest, split=TRAIN),
+        # real+<generator>: that generator's synthetic set (none for real and real_x2)
         synthetic=lambda wildcards: (
-            [f"{RESULTS}/synthetic/{wildcards.setting.split('+', 1)[1]}.parquet"]
+            expand(rules.gather_synthetic.output[0], generator=wildcards.setting.split("+", 1)[1])
             if "+" in wildcards.setting
             else []
         ),
@@ -16,12 +45,14 @@ rule train_segmenter:
         directory(f"{RESULTS}/segmentation/{{model}}/{{setting}}/seed{{seed}}/model"),
     params:
         train=lambda wildcards, input: " ".join(
-            f"--train {path}" for path in [input.real, *input.synthetic]
+            f"--train {path}" for path in [*input.real, *input.synthetic]
         ),
         work=lambda wildcards: (
             f"{RESULTS}/work/segmentation/{wildcards.model}/{wildcards.setting}/seed{wildcards.seed}"
         ),
-        args=lambda wildcards: segmentation_args(wildcards.model, wildcards.setting),
+        args=lambda wildcards: quoted(
+            ["--repeat", setting_repeat(wildcards.setting), *SEGMENTER_ARGS[wildcards.model]]
+        ),
         # Several GPUs: one process each through `accelerate launch` (same code path).
         command=launcher("train-segmenter", SEGMENTATION["gpus"]),
     log:
@@ -43,12 +74,14 @@ rule train_segmenter:
 
 rule evaluate_segmenter:
     input:
-        model=f"{RESULTS}/segmentation/{{model}}/{{setting}}/seed{{seed}}/model",
-        tests=expand(f"{RESULTS}/data/{{split}}.parquet", split=TESTS),
+        model=rules.train_segmenter.output[0],
+        tests=expand(rules.prepare.output.manifest, split=TESTS),
     output:
         f"{RESULTS}/segmentation/{{model}}/{{setting}}/seed{{seed}}/per_image.parquet",
     params:
-        tests=" ".join(f"--test {name}={RESULTS}/data/{name}.parquet" for name in TESTS),
+        tests=lambda wildcards, input: " ".join(
+            f"--test {name}={path}" for name, path in zip(TESTS, input.tests)
+        ),
     log:
         f"{RESULTS}/logs/evaluate_segmenter/{{model}}/{{setting}}/seed{{seed}}.log",
     benchmark:
@@ -66,9 +99,18 @@ rule evaluate_segmenter:
         " --threads {threads} > {log} 2>&1"
 
 
+# Every Table 3 run's per-image scores: model × setting × seed.
+SEGMENTATION_RUNS = expand(
+    rules.evaluate_segmenter.output[0],
+    model=SEGMENTATION["models"],
+    setting=SETTINGS,
+    seed=SEGMENTATION["seeds"],
+)
+
+
 rule segmentation_table:
     input:
-        segmentation_runs("per_image.parquet"),
+        SEGMENTATION_RUNS,
     output:
         csv=report(
             f"{RESULTS}/report/table3_segmentation.csv",
@@ -77,7 +119,7 @@ rule segmentation_table:
         ),
         md=f"{RESULTS}/report/table3_segmentation.md",
     params:
-        paper="--paper" if REPORT["paper"] else "",
+        paper="--paper" if config["report"]["paper"] else "",
     log:
         f"{RESULTS}/logs/report/table3.log",
     benchmark:

@@ -74,28 +74,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 @pytest.fixture
 def micro_workdir(tmp_path: Path) -> Path:
-    """A working folder with a micro phantom config (4 splits of a few small frames)."""
-    (tmp_path / "config.yaml").write_text(
-        "results: results\n"
-        "data:\n"
-        "  phantom: {seed: 3, width: 96, height: 80}\n"
-        "  splits:\n"
-        "    - {name: train, role: train, phantom: {count: 6, centre: 0}}\n"
-        "    - {name: centre1, role: test, phantom: {count: 2, centre: 1}}\n"
-        "    - {name: centre2, role: test, phantom: {count: 2, centre: 2}}\n"
-        "    - {name: centre3, role: test, phantom: {count: 2, centre: 3}}\n"
-        "caption: {shards: 2}\n"
-        "model: {preset: tiny, resolution: 32, conditioning_channels: [4, 4, 4, 4], threads: 1}\n"
-        "bootstrap: {vae_steps: 3, unet_steps: 3, batch_size: 2, checkpoint_every: 2}\n"
-        "generators: [ccis, controlnet]\n"
-        "train: {steps: 3, batch_size: 2, checkpoint_every: 2, validate_every: 3}\n"
-        "synthesis: {steps: 2, shards: 2, batch_size: 4}\n"
-        "segmentation:\n"
-        "  {size: 64, batch_size: 4, seeds: [0], synthetic: [ccis],\n"
-        "   pranet: {backbone: resnet10t, epochs: 1}, polyp_pvt: {backbone: pvt_v2_b0, epochs: 1}}\n"
-        "report: {grid_masks: 2, grid_prompts: 2}\n"
-        "resources: {prepare_threads: 1}\n"
-    )
+    """A working folder whose config.yaml is the micro config of ``.test/`` (4 splits of a
+    few small frames), as ``snakemake --directory .test`` runs it."""
+    shutil.copy(REPO / ".test" / "config.yaml", tmp_path / "config.yaml")
     return tmp_path
 
 
@@ -124,3 +105,15 @@ def tiny_base(triplets: Path, root: Path, steps: int) -> Path:
         vae_steps=steps, unet_steps=steps, batch_size=2, resolution=32, checkpoint_every=2
     )
     return bootstrap_base(triplets, root / "base", root / "work", settings)
+
+
+@pytest.fixture(scope="session")
+def triplets(tmp_path_factory) -> Path:
+    """Triplets of 8 small phantom frames, shared by the tests that need a tiny base."""
+    return phantom_triplets(tmp_path_factory.mktemp("phantom"), 8)
+
+
+@pytest.fixture(scope="session")
+def base(triplets, tmp_path_factory) -> Path:
+    """A tiny base bootstrapped on ``triplets`` for 2 steps (its weights barely matter)."""
+    return tiny_base(triplets, tmp_path_factory.mktemp("base"), 2)

@@ -66,7 +66,9 @@ def test_missing_image_is_named(tmp_path, manifest):
     frame = pd.read_parquet(manifest)
     frame.loc[0, "image"] = "train/images/gone.png"
     frame.to_parquet(broken / "m.parquet")
-    with pytest.raises(FileNotFoundError, match="gone.png: listed in .*m.parquet"):
+    with pytest.raises(
+        FileNotFoundError, match=r"gone.png: missing or unreadable image \(listed in .*m.parquet\)"
+    ):
         caption_manifest(
             broken / "m.parquet", tmp_path / "o.parquet", TemplateCaptioner(), TokenCounter()
         )

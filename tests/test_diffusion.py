@@ -164,12 +164,38 @@ def test_reinjection_has_an_effect_of_its_own(base):
     assert float((a - b).norm() / b.norm()) > 0.01
 
 
+def test_set_attn_processor_cannot_silently_drop_taam(base):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from ccis.diffusion.taam import BlurReinjectionProcessor, TextAwareSelfAttnProcessor
+
+    full = _branch(base)
+    _perturb_zero_layers(full)
+    latents, t, text, masks, keys = _inputs(base, batch=2)
+
+    def mid():
+        with torch.no_grad():
+            return full(latents, t, text, masks, text_key_mask=keys.bool(), return_dict=False)[1]
+
+    before = mid()
+    full.set_attn_processor(AttnProcessor2_0())
+    kinds = {type(p) for p in full.attn_processors.values()}
+    assert {TextAwareSelfAttnProcessor, BlurReinjectionProcessor} <= kinds
+    torch.testing.assert_close(mid(), before)
+    # ControlNet (every switch off) takes whatever processor it is given.
+    plain = _branch(base, bmws=False, taam=False, reinject=False)
+    plain.set_attn_processor(AttnProcessor2_0())
+    assert {type(p) for p in plain.attn_processors.values()} == {AttnProcessor2_0}
+
+
 def test_each_ablation_differs_from_ccis_in_the_switch_it_names(base):
     from ccis.generator import ABLATIONS, REGISTRY
-    from ccis.generator.train import build_branch
+    from ccis.generator.registry import build_branch
 
     def config(name):
-        model = build_branch(name, base["unet"], TINY_CONDITIONING_CHANNELS)
+        model = build_branch(
+            name, base["unet"], conditioning_embedding_out_channels=TINY_CONDITIONING_CHANNELS
+        )
         return {k: v for k, v in model.config.items() if not k.startswith("_")}
 
     full = config("ccis")

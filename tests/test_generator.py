@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,19 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from ccis.generator.data import batch_indices
-from conftest import phantom_triplets, run_env, tiny_base
+from conftest import run_env
 
 CHANNELS = "4,4,4,4"
-
-
-@pytest.fixture(scope="module")
-def triplets(tmp_path_factory) -> Path:
-    return phantom_triplets(tmp_path_factory.mktemp("gen"), 8)
-
-
-@pytest.fixture(scope="module")
-def base(triplets, tmp_path_factory) -> Path:
-    return tiny_base(triplets, tmp_path_factory.mktemp("base"), 2)
 
 
 def test_bootstrap_writes_a_stable_diffusion_folder(base):
@@ -65,7 +54,7 @@ def test_bootstrap_resumed_in_the_unet_phase_ends_with_the_same_weights(triplets
     )
     whole = bootstrap_base(triplets, tmp_path / "whole", tmp_path / "work", settings)
     # The finished run left its step-3 checkpoint (UNet phase): a re-run resumes there.
-    with caplog.at_level(logging.INFO, logger="ccis.generator.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="ccis.common.checkpoints"):
         resumed = bootstrap_base(triplets, tmp_path / "resumed", tmp_path / "work", settings)
     assert "checkpoint-3 (step 3)" in caplog.text
     name = "unet/diffusion_pytorch_model.safetensors"
@@ -220,13 +209,13 @@ def test_recolour_and_polyp_chroma():
 def test_uni_controlnet_adapter_as_the_reference_builds_it(base, tmp_path):
     from ccis.diffusion.presets import load_sd15
     from ccis.diffusion.unicontrolnet import FDN, UniControlNetAdapter
-    from ccis.generator.train import build_branch
+    from ccis.generator.registry import build_branch
 
     parts = load_sd15(base)
     unet = parts["unet"]
     inject = (6, 8, 10)[: len(unet.down_blocks)]
     adapter = build_branch(
-        "unicontrolnet", unet, (4, 4, 4, 4), extractor_channels=(4, 6, 8), inject_channels=inject
+        "unicontrolnet", unet, extractor_channels=(4, 6, 8), inject_channels=inject
     )
     assert isinstance(adapter, UniControlNetAdapter)
     for level, block in enumerate(adapter.down_blocks):
@@ -279,4 +268,4 @@ def test_uni_controlnet_adapter_as_the_reference_builds_it(base, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(latents, t, text, masks, return_dict=False)[1], a)
     with pytest.raises(ValueError, match="inject_channels has 1 levels"):
-        build_branch("unicontrolnet", unet, (4, 4, 4, 4), inject_channels=(8,))
+        build_branch("unicontrolnet", unet, inject_channels=(8,))

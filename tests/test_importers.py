@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ccis.data.layouts import LAYOUTS, discover, resolve_layout
+from ccis.data.layouts import discover, resolve_layout
 from ccis.data.prepare import SourceSpec, prepare_split
 from conftest import disc_mask, frame, save, write_pairs
 
@@ -151,14 +151,3 @@ def test_source_spec_parsing():
     assert SourceSpec.parse("etis=/x").name is None
     with pytest.raises(ValueError, match="FORMAT=ROOT"):
         SourceSpec.parse("etis")
-
-
-def test_schema_lists_every_layout():
-    import yaml
-
-    from conftest import REPO
-
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    item = schema["properties"]["data"]["properties"]["splits"]["items"]
-    formats = item["properties"]["sources"]["items"]["properties"]["format"]["enum"]
-    assert set(formats) == set(LAYOUTS)

@@ -14,19 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import phantom_triplets, run_env, tiny_base
+from conftest import run_env
 
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(scope="module")
-def triplets(tmp_path_factory) -> Path:
-    return phantom_triplets(tmp_path_factory.mktemp("report"), 4)
-
-
-@pytest.fixture(scope="module")
-def base(triplets, tmp_path_factory) -> Path:
-    return tiny_base(triplets, tmp_path_factory.mktemp("base"), 1)
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +24,13 @@ def branches(base, tmp_path_factory) -> dict[str, Path]:
     """Untrained ccis and controlnet branches with their zero outputs perturbed (so each
     steers the UNet differently), each with a loss log."""
     from ccis.diffusion.presets import load_sd15
-    from ccis.generator.train import build_branch
+    from ccis.generator.registry import build_branch
 
     root = tmp_path_factory.mktemp("branches")
     unet = load_sd15(base)["unet"]
     out = {}
     for k, gen in enumerate(("ccis", "controlnet")):
-        branch = build_branch(gen, unet, (4, 4, 4, 4))
+        branch = build_branch(gen, unet, conditioning_embedding_out_channels=(4, 4, 4, 4))
         generator = torch.Generator().manual_seed(k)
         with torch.no_grad():
             for p in branch.parameters():

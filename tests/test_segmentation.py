@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ccis.data.manifest import write_manifest
-from ccis.segmentation.backbones import DEMO_BACKBONES, create_backbone
+from ccis.segmentation.backbones import create_backbone
 from ccis.segmentation.data import SegmentationData, scale_sizes
 from ccis.segmentation.evaluate import evaluate_segmenter
 from ccis.segmentation.loss import boundary_weights, structure_loss
@@ -33,6 +33,7 @@ from ccis.segmentation.metrics import (
 )
 from ccis.segmentation.models import build_segmenter
 from ccis.segmentation.predict import load_segmenter, predict_probabilities
+from ccis.segmentation.registry import REGISTRY as SEGMENTERS
 from ccis.segmentation.table import table3
 from ccis.segmentation.train import train_segmenter
 
@@ -110,7 +111,7 @@ def test_metrics_agree_with_pysodmetrics():
 
 
 @pytest.mark.parametrize("model", ["pranet", "polyp_pvt"])
-@pytest.mark.parametrize("backbone", sorted(set(DEMO_BACKBONES.values())))
+@pytest.mark.parametrize("backbone", sorted({s.demo_backbone for s in SEGMENTERS.values()}))
 def test_network_outputs_have_the_input_size(model, backbone):
     torch.manual_seed(0)
     net = build_segmenter(model, backbone).eval()

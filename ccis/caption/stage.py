@@ -11,13 +11,13 @@ import logging
 import os
 from pathlib import Path
 
-import cv2
 import pandas as pd
 from tqdm import tqdm
 
 from ccis.caption.attributes import measure_attributes
 from ccis.caption.base import Captioner
 from ccis.caption.tokens import CLIP_CONTEXT, TokenCounter, fit_caption
+from ccis.common.images import read_gray, read_rgb
 from ccis.common.shards import write_table
 from ccis.data.manifest import read_manifest
 
@@ -53,12 +53,8 @@ def caption_manifest(
     for row in tqdm(part.to_dict("records"), desc=f"caption {index}/{total}", unit="pair"):
         image_path = manifest.parent / row["image"]
         mask_path = manifest.parent / row["mask"]
-        bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        if bgr is None or mask is None:
-            missing = image_path if bgr is None else mask_path
-            raise FileNotFoundError(f"{missing}: listed in {manifest} but cannot be read")
-        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        image = read_rgb(image_path, manifest)
+        mask = read_gray(mask_path, manifest)
         attributes = measure_attributes(image, mask)
         png = image_path.read_bytes() if getattr(captioner, "mmproj", None) else None
         caption, n_tokens, was_cut = fit_caption(

@@ -28,17 +28,32 @@ def resize_antialiased(array: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(resized)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as RGB uint8, or a ValueError naming the file."""
+class UnreadableImageError(FileNotFoundError, ValueError):
+    """An image or mask file is missing or cannot be decoded (bad input either way)."""
+
+
+def _unreadable(path, what: str, listed_in) -> UnreadableImageError:
+    where = f" (listed in {listed_in})" if listed_in else ""
+    return UnreadableImageError(f"{path}: missing or unreadable {what}{where}")
+
+
+def read_bgr(path: str | os.PathLike, listed_in: str | os.PathLike | None = None) -> np.ndarray:
+    """An image file as OpenCV's BGR uint8; a missing or unreadable file raises an error
+    naming it (and the manifest ``listed_in`` that lists it)."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"{path}: missing or unreadable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        raise _unreadable(path, "image", listed_in)
+    return image
 
 
-def read_gray(path: str | os.PathLike) -> np.ndarray:
-    """A single-channel uint8 file (a mask) as stored, or a ValueError naming the file."""
+def read_rgb(path: str | os.PathLike, listed_in: str | os.PathLike | None = None) -> np.ndarray:
+    """An image file as RGB uint8 (errors as :func:`read_bgr`)."""
+    return cv2.cvtColor(read_bgr(path, listed_in), cv2.COLOR_BGR2RGB)
+
+
+def read_gray(path: str | os.PathLike, listed_in: str | os.PathLike | None = None) -> np.ndarray:
+    """A single-channel uint8 file (a mask) as stored (errors as :func:`read_bgr`)."""
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
-        raise ValueError(f"{path}: missing or unreadable mask")
+        raise _unreadable(path, "mask", listed_in)
     return mask

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ccis.common.shards import write_table
 
-# Columns every manifest has, in order (DESIGN.md §2). Phantom manifests add ``truth``.
+# Columns every manifest has, in order (the README, "Data"). Phantom manifests add ``truth``.
 COLUMNS = (
     "id",
     "source",

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from ccis.common.atomic import atomic_path
+from ccis.common.images import read_bgr, read_gray
 from ccis.data.manifest import read_manifest
 
 
@@ -24,10 +25,8 @@ def contact_sheet(
     frame = read_manifest(manifest).head(count)
     tiles = []
     for row in frame.itertuples():
-        image = cv2.imread(str(manifest.parent / row.image), cv2.IMREAD_COLOR)
-        mask = cv2.imread(str(manifest.parent / row.mask), cv2.IMREAD_GRAYSCALE)
-        if image is None or mask is None:
-            raise FileNotFoundError(f"{manifest}: cannot read the files of pair {row.id}")
+        image = read_bgr(manifest.parent / row.image, manifest)
+        mask = read_gray(manifest.parent / row.mask, manifest)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         outlined = image.copy()
         cv2.drawContours(outlined, contours, -1, (80, 255, 80), max(1, image.shape[1] // 250))

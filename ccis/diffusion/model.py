@@ -19,7 +19,6 @@ paper's 1e-5 it could never matter. Training gives λ its own parameter group
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 
@@ -38,7 +37,8 @@ from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
 from ccis.diffusion.bmws import BLUR_SIGMA, MaskConditioningEmbedding
-from ccis.diffusion.init import conditioning_convs, init_mask_encoder
+from ccis.diffusion.branch import branch_from_unet, derived_signature
+from ccis.diffusion.mask_init import conditioning_convs, init_mask_encoder
 from ccis.diffusion.presets import SD_CONDITIONING_CHANNELS
 from ccis.diffusion.taam import (
     BlurReinjectionProcessor,
@@ -106,25 +106,6 @@ def _init(
     self.install_processors()
 
 
-def derived_signature(own_defaults: dict) -> inspect.Signature:
-    """``ControlNetModel.__init__``'s signature plus keyword-only ``own_defaults``.
-
-    diffusers reads a model's config keys from its ``__init__`` signature; a subclass
-    that adds a few switches declares this signature instead of copying ~35 arguments.
-    """
-    parent = [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-        for name, p in inspect.signature(ControlNetModel.__init__).parameters.items()
-        if name != "self"
-    ]
-    own = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
-        for name, value in own_defaults.items()
-    ]
-    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return inspect.Signature([self_param, *parent, *own])
-
-
 _init.__signature__ = derived_signature(_OWN_DEFAULTS)
 
 
@@ -155,20 +136,15 @@ class CCISControlNetModel(ControlNetModel):
         load_weights_from_unet: bool = True,
     ) -> CCISControlNetModel:
         """A branch whose encoder and mid block copy ``unet``'s (1-channel mask input)."""
-        plain = ControlNetModel.from_unet(
-            unet,
-            conditioning_embedding_out_channels=conditioning_embedding_out_channels,
-            load_weights_from_unet=load_weights_from_unet,
-            conditioning_channels=1,
-        )
-        config = {k: v for k, v in plain.config.items() if not k.startswith("_")}
-        model = cls(
-            **config, bmws=bmws, taam=taam, reinject=reinject, blur_sigma=blur_sigma,
+        own = dict(
+            bmws=bmws, taam=taam, reinject=reinject, blur_sigma=blur_sigma,
             taam_lambda_start=taam_lambda,
         )  # fmt: skip
-        missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-        if unexpected or any(not key.startswith(_OWN_PARAMETERS) for key in missing):
-            raise RuntimeError(f"weight copy mismatch: missing {missing}, unexpected {unexpected}")
+        model = branch_from_unet(
+            cls, unet, own, _OWN_PARAMETERS,
+            conditioning_embedding_out_channels=conditioning_embedding_out_channels,
+            load_weights_from_unet=load_weights_from_unet,
+        )  # fmt: skip
         embedding = model.controlnet_cond_embedding
         encoders = [embedding, *([embedding.blur_embedding] if bmws else [])]
         init_mask_encoder(conv for e in encoders for conv in conditioning_convs(e))
@@ -194,6 +170,15 @@ class CCISControlNetModel(ControlNetModel):
                 block.attn2.set_processor(
                     BlurReinjectionProcessor(index, self.blur_reinjection[index], ctx)
                 )
+
+    def set_attn_processor(self, processor) -> None:
+        """diffusers' ``set_attn_processor``, after which TAAM and the re-injection are
+        put back: replacing them (say, by a memory-efficient processor for the whole
+        pipeline) would otherwise silently turn the branch into ControlNet."""
+        super().set_attn_processor(processor)
+        if self.config.taam or getattr(self, "blur_reinjection", None) is not None:
+            self.install_processors()
+            log.debug("kept TAAM / re-injection processors after set_attn_processor")
 
     def taam_lambdas(self) -> torch.Tensor | None:
         """λ of every block (softplus of the raw parameter), or None without TAAM."""

@@ -1,11 +1,11 @@
 """Sampling: prompt(s) + mask(s) → colonoscopy images, DDIM with classifier-free guidance.
 
 ``CCISPipeline`` is a diffusers ``DiffusionPipeline`` over a frozen Stable-Diffusion-style
-base (VAE, text encoder, tokenizer, UNet, scheduler) and a branch: a
-``CCISControlNetModel`` (any switch setting) or a plain ``ControlNetModel``. It hands the
-branch the prompt's token masks, which TAAM needs to tell content tokens from start, end
-and padding. Each image has its own seeded generator, so an image does not depend on the
-batch it was drawn in.
+base (VAE, text encoder, tokenizer, UNet, scheduler) and a branch: any ``ControlNetModel``
+(``CCISControlNetModel`` at any switch setting, Uni-ControlNet's adapter, a plain one). A
+branch whose forward takes them gets the prompt's token masks, which TAAM needs to tell
+content tokens from start, end and padding. Each image has its own seeded generator, so
+an image does not depend on the batch it was drawn in.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ccis.diffusion.model import CCISControlNetModel
+from ccis.diffusion.branch import takes_text_masks
 from ccis.diffusion.taam import content_token_mask
 
 
@@ -99,7 +99,7 @@ class CCISPipeline(DiffusionPipeline):
     ):
         """The branch's residuals for the UNet's skips and mid block."""
         extra = {}
-        if isinstance(self.controlnet, CCISControlNetModel):
+        if takes_text_masks(self.controlnet):
             extra = {
                 "text_key_mask": attention_mask.bool(),
                 "text_token_mask": content_token_mask(attention_mask),

@@ -19,7 +19,7 @@ Read from ShihaoZhaoZSH/Uni-ControlNet (``models/local_adapter.py``,
 
 One departure, kept on purpose: our condition is one binary mask channel (the reference
 stacks seven RGB condition images), and the extractor's hidden convolutions are
-He-initialised (``ccis.diffusion.init``) so that the mask reaches the zero convolutions
+He-initialised (``ccis.diffusion.mask_init``) so that the mask reaches the zero convolutions
 at unit scale, as in our other mask encoders.
 """
 
@@ -37,8 +37,8 @@ from diffusers import (
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from ccis.diffusion.init import init_mask_encoder
-from ccis.diffusion.model import derived_signature
+from ccis.diffusion.branch import branch_from_unet, derived_signature
+from ccis.diffusion.mask_init import init_mask_encoder
 
 # The reference's stem (configs/local_v15.yaml's FeatureExtractor) and inject channels at
 # SD v1.5 scale; the tiny preset passes smaller ones from config.yaml.
@@ -178,23 +178,11 @@ class UniControlNetAdapter(ControlNetModel):
         inject_channels: tuple[int, ...] = INJECT_CHANNELS,
     ) -> UniControlNetAdapter:
         """An adapter whose encoder and mid block copy ``unet``'s."""
-        plain = ControlNetModel.from_unet(unet, conditioning_channels=1)
-        config = {k: v for k, v in plain.config.items() if not k.startswith("_")}
-        model = cls(
-            **config, extractor_channels=tuple(extractor_channels),
-            inject_channels=tuple(inject_channels),
-        )  # fmt: skip
         # FDN drops the affine weights of the norms it replaces, as the reference does.
-        replaced = tuple(f"down_blocks.{i}.resnets.0.norm" for i in range(len(model.down_blocks)))
-        state = {
-            k: v
-            for k, v in plain.state_dict().items()
-            if not k.startswith(("controlnet_cond_embedding.", *replaced))
-        }
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(
-            not k.startswith(("controlnet_cond_embedding.", *replaced)) for k in missing
-        ):
-            raise RuntimeError(f"weight copy mismatch: missing {missing}, unexpected {unexpected}")
+        replaced = tuple(f"down_blocks.{i}.resnets.0.norm" for i in range(len(unet.down_blocks)))
+        own = dict(extractor_channels=tuple(extractor_channels),
+                   inject_channels=tuple(inject_channels))  # fmt: skip
+        new = ("controlnet_cond_embedding.", *replaced)
+        model = branch_from_unet(cls, unet, own, new, dropped=new)
         init_mask_encoder(model.controlnet_cond_embedding.extractor.hidden_convs())
         return model

@@ -24,10 +24,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir
+from ccis.common.checkpoints import resume_from, save_checkpoint
+from ccis.common.provenance import claim, fingerprint
 from ccis.diffusion.presets import tiny_components
-from ccis.generator.checkpoints import resume_from, save_checkpoint
 from ccis.generator.data import TripletData, batch_indices
-from ccis.generator.provenance import claim, fingerprint
 from ccis.generator.train import step_generator
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 class BootstrapSettings:
     """Step counts and hyper-parameters of the tiny base's training."""
 
-    vae_steps: int = 600
-    unet_steps: int = 1500
+    vae_steps: int = 300
+    unet_steps: int = 800
     batch_size: int = 16
     vae_learning_rate: float = 1e-3
     unet_learning_rate: float = 5e-4
@@ -48,7 +48,7 @@ class BootstrapSettings:
     # polyp (its colour) away, and then no prompt can change it.
     polyp_weight: float = 10.0
     resolution: int = 64
-    checkpoint_every: int = 250
+    checkpoint_every: int = 200
     seed: int = 0
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ccis.common.images import read_bgr, read_gray
+
 
 class TripletData:
     """Triplets resized to ``resolution``², kept in memory as uint8 once loaded.
@@ -37,10 +39,8 @@ class TripletData:
         """(RGB uint8 R×R×3, mask uint8 R×R in {0, 1}) of triplet ``index``."""
         if index not in self._cache:
             row = self.frame.iloc[index]
-            image = cv2.imread(str(self.path.parent / row["image"]), cv2.IMREAD_COLOR)
-            mask = cv2.imread(str(self.path.parent / row["mask"]), cv2.IMREAD_GRAYSCALE)
-            if image is None or mask is None:
-                raise FileNotFoundError(f"{self.path}: cannot read the files of {row['id']}")
+            image = read_bgr(self.path.parent / row["image"], self.path)
+            mask = read_gray(self.path.parent / row["mask"], self.path)
             size = (self.resolution, self.resolution)
             image = cv2.cvtColor(
                 cv2.resize(image, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB

@@ -21,43 +21,23 @@ import torch
 from tqdm import tqdm
 
 from ccis.common.atomic import write_bytes_atomic
+from ccis.common.device import default_device
 from ccis.common.hashing import sha256_bytes
-from ccis.common.images import encode_png
+from ccis.common.images import encode_png, read_gray
+from ccis.common.provenance import claim, fingerprint
 from ccis.data.manifest import mask_statistics, write_manifest
 from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import load_sd15
-from ccis.generator.provenance import claim, fingerprint
+from ccis.generator.registry import load_branch
 
 log = logging.getLogger(__name__)
-
-
-def load_branch(folder: str | os.PathLike):
-    """Load a trained branch folder, whichever generator class wrote it."""
-    import json
-
-    from diffusers import ControlNetModel
-
-    from ccis.diffusion.model import CCISControlNetModel
-    from ccis.diffusion.unicontrolnet import UniControlNetAdapter
-
-    folder = Path(folder)
-    config = folder / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{folder}: not a trained branch (no config.json)")
-    name = json.loads(config.read_text()).get("_class_name")
-    classes = {c.__name__: c for c in (CCISControlNetModel, UniControlNetAdapter, ControlNetModel)}
-    if name not in classes:
-        raise ValueError(f"{config}: unknown branch class {name!r}")
-    return classes[name].from_pretrained(folder)
 
 
 def condition_mask(
     path: Path, resolution: int, triplets: Path, pair_id: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """A triplet's mask, binary 0/255: as stored, and resized to the generation size."""
-    original = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if original is None:
-        raise FileNotFoundError(f"{triplets}: cannot read the mask of {pair_id} ({path})")
+    original = read_gray(path, triplets)
     original = (original > 127).astype(np.uint8) * 255
     resized = cv2.resize(original, (resolution, resolution), interpolation=cv2.INTER_NEAREST)
     return original, resized
@@ -66,7 +46,7 @@ def condition_mask(
 def load_pipeline(base: str | os.PathLike, branch: str | os.PathLike) -> CCISPipeline:
     """The base with a trained branch, on the GPU when there is one, no progress bars."""
     pipe = CCISPipeline(controlnet=load_branch(branch).eval(), **load_sd15(base))
-    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.to(default_device())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -83,7 +63,7 @@ def synthesize(
     steps: int = 20,
     guidance_scale: float = 7.0,
     resolution: int = 512,
-    batch_size: int = 4,
+    batch_size: int = 8,
     seed: int = 0,
 ) -> Path:
     """Generate shard ``shard`` of the synthetic set; write its manifest part to ``manifest``."""

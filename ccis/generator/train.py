@@ -21,50 +21,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir
+from ccis.common.checkpoints import resume_from, save_checkpoint
 from ccis.common.loss_log import append_row, trim_rows
+from ccis.common.provenance import claim, fingerprint
 from ccis.diffusion.bmws import BLUR_SIGMA
-from ccis.diffusion.model import TAAM_LAMBDA, CCISControlNetModel
+from ccis.diffusion.branch import takes_text_masks
+from ccis.diffusion.model import TAAM_LAMBDA
 from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import SD_CONDITIONING_CHANNELS, load_sd15
-from ccis.diffusion.unicontrolnet import (
-    EXTRACTOR_CHANNELS,
-    INJECT_CHANNELS,
-    UniControlNetAdapter,
-)
-from ccis.generator import GENERATORS, REGISTRY
-from ccis.generator.checkpoints import resume_from, save_checkpoint
+from ccis.diffusion.unicontrolnet import EXTRACTOR_CHANNELS, INJECT_CHANNELS
 from ccis.generator.data import TripletData, batch_indices
-from ccis.generator.provenance import claim, fingerprint
+from ccis.generator.registry import build_branch
 
 log = logging.getLogger(__name__)
-
-
-def build_branch(
-    kind: str,
-    unet,
-    conditioning_channels: tuple[int, ...],
-    blur_sigma: float = BLUR_SIGMA,
-    taam_lambda: float = TAAM_LAMBDA,
-    extractor_channels: tuple[int, ...] = EXTRACTOR_CHANNELS,
-    inject_channels: tuple[int, ...] = INJECT_CHANNELS,
-):
-    """The trainable branch of generator ``kind`` (``ccis.generator.REGISTRY``) for ``unet``.
-
-    ``conditioning_channels``, ``blur_sigma`` and ``taam_lambda`` shape the CCIS family,
-    ``extractor_channels`` and ``inject_channels`` Uni-ControlNet's feature extractor.
-    """
-    if kind not in REGISTRY:
-        raise ValueError(f"unknown generator {kind!r}; known: {', '.join(GENERATORS)}")
-    spec = REGISTRY[kind]
-    if spec.family == "unicontrolnet":
-        return UniControlNetAdapter.from_unet(
-            unet, extractor_channels=extractor_channels, inject_channels=inject_channels
-        )
-    # ControlNet is the same class with every switch off: numerically diffusers' model.
-    return CCISControlNetModel.from_unet(
-        unet, **spec.switches, blur_sigma=blur_sigma, taam_lambda=taam_lambda,
-        conditioning_embedding_out_channels=conditioning_channels,
-    )  # fmt: skip
 
 
 def optimizer_groups(branch, learning_rate: float, lambda_learning_rate: float) -> list[dict]:
@@ -95,7 +64,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     taam_lambda: float = TAAM_LAMBDA
     gradient_accumulation: int = 1
-    checkpoint_every: int = 100
+    checkpoint_every: int = 200
     validate_every: int = 0
     empty_prompt_probability: float = 0.5
     resolution: int = 512
@@ -129,7 +98,8 @@ def train_branch(
     """Train generator ``kind`` and save its branch to ``out`` (a diffusers folder).
 
     ``work`` keeps checkpoints, the loss log (with TAAM's λ per block) and validation
-    images between runs. The channel tuples shape the branch (see :func:`build_branch`).
+    images between runs. The channel tuples shape the branch
+    (:func:`ccis.generator.registry.build_branch` gives each class the ones it takes).
     """
     from accelerate import Accelerator
 
@@ -156,8 +126,9 @@ def train_branch(
         parts[name].requires_grad_(False).to(device, weight_dtype).eval()
     torch.manual_seed(settings.seed)
     branch = build_branch(
-        kind, parts["unet"], conditioning_channels, settings.blur_sigma, settings.taam_lambda,
-        extractor_channels, inject_channels,
+        kind, parts["unet"], conditioning_embedding_out_channels=conditioning_channels,
+        blur_sigma=settings.blur_sigma, taam_lambda=settings.taam_lambda,
+        extractor_channels=extractor_channels, inject_channels=inject_channels,
     )  # fmt: skip
     if settings.gradient_checkpointing:
         branch.enable_gradient_checkpointing()
@@ -187,8 +158,8 @@ def train_branch(
     scaling = vae.config.scaling_factor
     rank, world = accelerator.process_index, accelerator.num_processes
     unwrapped = accelerator.unwrap_model(branch)
-    is_ccis = isinstance(unwrapped, CCISControlNetModel)
-    start_lambdas = unwrapped.taam_lambdas() if is_ccis else None
+    takes_masks = takes_text_masks(unwrapped)
+    start_lambdas = getattr(unwrapped, "taam_lambdas", lambda: None)()
     blocks = 0 if start_lambdas is None else len(start_lambdas)
     columns = ("step", "loss", *(f"lambda_{i}" for i in range(blocks)))
 
@@ -216,7 +187,8 @@ def train_branch(
                 0, scheduler.config.num_train_timesteps, (len(prompts),), generator=g
             ).to(device)
             noisy = scheduler.add_noise(latents, noise, timesteps)
-            extra = {"text_key_mask": tokens.attention_mask.bool().to(device)} if is_ccis else {}
+            key_mask = tokens.attention_mask.bool().to(device)
+            extra = {"text_key_mask": key_mask} if takes_masks else {}
             with accelerator.accumulate(branch), accelerator.autocast():
                 down, mid = branch(
                     noisy, timesteps, text, masks.to(device), return_dict=False, **extra

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ccis.common.arguments import add_table_outputs, pick
 from ccis.common.threads import use_threads
 
 
@@ -13,34 +14,22 @@ def _cmd_metrics_generation(args: argparse.Namespace) -> None:
 
     use_threads(args.threads)
     attributes = tuple(a.strip() for a in args.agreement_attributes.split(",") if a.strip())
+    options = (
+        "clip_model", "clip_pretrained", "clip_cache", "segmenter", "inception_dir", "fid_mode",
+        "batch_size", "device", "per_image", "text_adherence",
+    )  # fmt: skip
     generation_metrics(
-        args.generator,
-        args.synthetic,
-        args.real,
-        args.out,
-        clip_model=args.clip_model,
-        clip_pretrained=args.clip_pretrained,
-        clip_cache=args.clip_cache,
-        segmenter=args.segmenter,
-        inception_dir=args.inception_dir,
-        fid_mode=args.fid_mode,
-        agreement_attributes=attributes,
-        batch_size=args.batch_size,
-        device=args.device,
-        per_image=args.per_image,
-        text_adherence=args.text_adherence,
-    )
+        args.generator, args.synthetic, args.real, args.out, agreement_attributes=attributes,
+        **pick(args, options),
+    )  # fmt: skip
 
 
 def _cmd_text_adherence(args: argparse.Namespace) -> None:
     from ccis.metrics.text_adherence import text_adherence
 
     use_threads(args.threads)
-    text_adherence(
-        args.base, args.branch, args.triplets, args.out, steps=args.steps,
-        guidance_scale=args.guidance_scale, resolution=args.resolution, seed=args.seed,
-        batch_size=args.batch_size,
-    )  # fmt: skip
+    options = ("steps", "guidance_scale", "resolution", "seed", "batch_size")
+    text_adherence(args.base, args.branch, args.triplets, args.out, **pick(args, options))
 
 
 def _cmd_generation_table(args: argparse.Namespace) -> None:
@@ -132,10 +121,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "generation-table",
         help="Table 1 (generation metrics per generator) as CSV and Markdown",
     )
-    table.add_argument("--out-csv", required=True, type=Path)
-    table.add_argument("--out-md", required=True, type=Path)
-    table.add_argument(
-        "--paper", action="store_true", help="put the paper's published values beside ours"
-    )
+    add_table_outputs(table)
     table.add_argument("metrics", nargs="+", type=Path, help="metrics-generation JSON files")
     table.set_defaults(func=_cmd_generation_table)

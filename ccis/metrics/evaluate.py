@@ -24,6 +24,7 @@ import pandas as pd
 
 from ccis import __version__
 from ccis.common.atomic import write_bytes_atomic
+from ccis.common.device import default_device
 from ccis.common.images import read_rgb
 from ccis.common.shards import write_table
 from ccis.metrics.agreement import SCORED_ATTRIBUTES, attribute_agreement
@@ -36,12 +37,6 @@ log = logging.getLogger(__name__)
 METRICS = (
     "fid", "clip_score", "clip_image", "text_adherence", "attribute_agreement", "mask_fidelity",
 )  # fmt: skip
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def generation_metrics(

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from ccis.common.atomic import write_bytes_atomic
-from ccis.generator import GENERATORS, REGISTRY
+from ccis.generator import REGISTRY
+from ccis.generator.registry import label
 from ccis.metrics.agreement import match_matrix
 from ccis.metrics.base import COMPUTED, NOT_COMPUTED
 from ccis.metrics.bootstrap import paired_difference
@@ -46,14 +47,9 @@ COLUMNS = (
 # Metrics whose per-image values give paired differences from CCIS-Diff.
 PAIRED = ("text_adherence", "attribute_agreement")
 REFERENCE = "ccis"
-# The paper's Table 1 ("The quantitative results of the colonoscopy image synthesis",
-# arXiv 2411.12198, §3.3): FID, CLIP-score, CLIP-image for the three methods it compares.
-# It reports neither the ablations nor our three automated columns.
-PAPER_TABLE1 = {
-    "controlnet": {"fid": 87.32, "clip_score": 30.78, "clip_image": 87.09},
-    "unicontrolnet": {"fid": 92.74, "clip_score": 30.57, "clip_image": 86.46},
-    "ccis": {"fid": 71.73, "clip_score": 31.96, "clip_image": 88.70},
-}
+# The paper's Table 1 (FID, CLIP-score, CLIP-image), from the generator registry: the
+# paper reports neither the ablations nor our three automated columns.
+PAPER_TABLE1 = {name: spec.paper_table1 for name, spec in REGISTRY.items() if spec.paper_table1}
 PAPER_METRICS = ("fid", "clip_score", "clip_image")
 
 
@@ -81,13 +77,8 @@ def read_metrics(path: str | os.PathLike) -> dict:
 
 
 def _order(generators: list[str]) -> list[str]:
-    known = [g for g in GENERATORS if g in generators]
-    return known + sorted(g for g in generators if g not in GENERATORS)
-
-
-def _label(generator: str) -> str:
-    spec = REGISTRY.get(generator)
-    return spec.label if spec else generator
+    known = [g for g in REGISTRY if g in generators]  # registry order: the paper's first
+    return known + sorted(g for g in generators if g not in REGISTRY)
 
 
 def _formatted(entry: dict, decimals: int) -> str:
@@ -185,7 +176,7 @@ def table1(
     csv_rows, md_rows = [], []
     for generator in order:
         metrics = reports[generator]["metrics"]
-        method = _label(generator)
+        method = label(generator)
         row: list = [generator, method]
         cells = [method]
         for key, _, decimals in COLUMNS:
@@ -230,7 +221,7 @@ def table1(
     ablations = [g for g in order if REGISTRY.get(g) and REGISTRY[g].removes]
     if ablations:
         lines += ["", "Each ablation removes one thing from CCIS-Diff:", ""]
-        lines += [f"- {_label(g)}: {REGISTRY[g].removes}" for g in ablations]
+        lines += [f"- {label(g)}: {REGISTRY[g].removes}" for g in ablations]
     if paper:
         lines += [
             "",
@@ -245,7 +236,7 @@ def table1(
     if found:
         lines += [
             "",
-            f"Differences from {_label(REFERENCE)} (percentage points; 95 % paired bootstrap "
+            f"Differences from {label(REFERENCE)} (percentage points; 95 % paired bootstrap "
             "over the same training masks; * where the interval excludes 0):",
             "",
             "| Compared with | Metric | CCIS-Diff − it | 95 % interval | Masks |",
@@ -255,7 +246,7 @@ def table1(
         for generator, metric, delta, low, high, n in found:
             mark = " *" if low > 0 or high < 0 else ""
             lines.append(
-                f"| {_label(generator)} | {titles[metric]} | {delta:+.1f}{mark} | "
+                f"| {label(generator)} | {titles[metric]} | {delta:+.1f}{mark} | "
                 f"[{low:+.1f}, {high:+.1f}] | {n} |"
             )
     out_csv, out_md = Path(out_csv), Path(out_md)

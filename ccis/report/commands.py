@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ccis.common.arguments import pick
 from ccis.common.pairs import parse_pairs
 from ccis.common.threads import use_threads
+
+GRID_OPTIONS = (
+    "masks", "prompts_per_mask", "steps", "guidance_scale", "resolution", "seed", "batch_size",
+    "tile", "title",
+)  # fmt: skip
 
 
 def _cmd_figure_grid(args: argparse.Namespace) -> None:
@@ -22,15 +28,7 @@ def _cmd_figure_grid(args: argparse.Namespace) -> None:
         parse_pairs(args.branch, "--branch"),
         args.triplets,
         args.out,
-        masks=args.masks,
-        prompts_per_mask=args.prompts_per_mask,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        resolution=args.resolution,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        tile=args.tile,
-        title=args.title,
+        **pick(args, GRID_OPTIONS),
     )
 
 

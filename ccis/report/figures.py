@@ -21,7 +21,7 @@ import pandas as pd
 
 from ccis.common.atomic import atomic_path, write_bytes_atomic
 from ccis.config import STEP_MATCHED
-from ccis.report.grids import DISPLAY_NAMES
+from ccis.generator.registry import short_label
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def taam_lambda_table(
             steps[name] = int(frame["step"].iloc[-1])
         for column in frame.columns[1:]:
             end = float(frame[column].iloc[-1])
-            rows.append(f"| {DISPLAY_NAMES.get(name, name)} | {column.split('_')[1]} | "
+            rows.append(f"| {short_label(name)} | {column.split('_')[1]} | "
                         f"{start:.3f} | {end:.3f} | {end - start:+.3f} |")  # fmt: skip
     if not rows:
         raise ValueError("taam-lambda-table: no branch logged TAAM's λ (none has TAAM)")
@@ -101,9 +101,7 @@ def taam_lambda_table(
         "",
         "λ weighs the text-aware key bias log(1 + λ·S) of each transformer block of the "
         "branch (down blocks, then the mid block); learned in its own optimiser group. "
-        "End: after "
-        + ", ".join(f"{DISPLAY_NAMES.get(n, n)} {s}" for n, s in steps.items())
-        + " steps.",
+        "End: after " + ", ".join(f"{short_label(n)} {s}" for n, s in steps.items()) + " steps.",
     ]
     out_md = Path(out_md)
     write_bytes_atomic(out_md, ("\n".join(lines) + "\n").encode())
@@ -132,7 +130,7 @@ def plot_losses(
             continue
         frame = with_lambda[name]
         for b, column in enumerate(frame.columns[1:]):
-            label = f"{DISPLAY_NAMES.get(name, name)}, block {column.split('_')[1]}"
+            label = f"{short_label(name)}, block {column.split('_')[1]}"
             lam.plot(frame["step"], frame[column], color=colours(k % 10),
                      linestyle=styles[b % len(styles)], label=label)  # fmt: skip
     if with_lambda:
@@ -146,7 +144,7 @@ def plot_losses(
         smooth = frame["loss"].rolling(window, min_periods=1).mean()
         colour = colours(k % 10)
         ax.plot(frame["step"], frame["loss"], color=colour, alpha=0.2, linewidth=0.8)
-        label = f"{DISPLAY_NAMES.get(name, name)} (mean of {window})"
+        label = f"{short_label(name)} (mean of {window})"
         ax.plot(frame["step"], smooth, color=colour, linewidth=1.8, label=label)
         log.info(
             "read %d loss values of %s from %s (last smoothed %.4g)",
@@ -248,7 +246,7 @@ def plot_segmentation(
             yerr=part["std"] * scale, capsize=3,
             color=colours(settings.index(setting) % 10),
             hatch=hatches[models.index(model) % len(hatches)], edgecolor="black", linewidth=0.5,
-            label=f"{model} + {DISPLAY_NAMES.get(setting, setting)}",
+            label=f"{model} + {short_label(setting)}",
         )  # fmt: skip
     counts = summary["seeds"]
     seed_note = (

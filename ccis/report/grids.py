@@ -22,16 +22,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import torch
 
 from ccis.caption.phrases import COLOUR_WORDS, SWELLING_WORDS, TEXTURE_WORDS, polyp_clause
 from ccis.common.atomic import atomic_path
-from ccis.generator import REGISTRY
+from ccis.common.device import default_device
+from ccis.common.images import read_gray
+from ccis.generator.registry import short_label
 
 log = logging.getLogger(__name__)
 
-# Column titles as the paper names the methods (the generator registry's short labels).
-DISPLAY_NAMES = {name: spec.short for name, spec in REGISTRY.items()}
 # Attribute swaps, in the order variants are offered: colour first (the paper's Fig. 3
 # prompts differ mostly in colour), then texture, then swelling.
 SWAPS: tuple[tuple[str, dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]], ...] = (
@@ -159,11 +158,7 @@ def choose_rows(
     for k, index in enumerate(picks):
         record = frame.iloc[int(index)]
         path = triplets.parent / record["mask"]
-        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise FileNotFoundError(
-                f"{path}: mask of {record['id']} (listed in {triplets}) unreadable"
-            )
+        mask = read_gray(path, triplets)
         mask = cv2.resize(
             ((mask > 127) * 255).astype(np.uint8), (resolution, resolution),
             interpolation=cv2.INTER_NEAREST,
@@ -189,9 +184,9 @@ def generate_columns(
     """Images (N×H×W×3 floats in [0, 1]) for every row, one array per generator."""
     from ccis.diffusion.pipeline import CCISPipeline
     from ccis.diffusion.presets import load_sd15
-    from ccis.generator.synthesize import load_branch
+    from ccis.generator.registry import load_branch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     parts = load_sd15(base)
     columns = {}
     for name, folder in branches.items():
@@ -252,7 +247,7 @@ def draw_grid(
     x_mask, x_text = PAD, PAD + tile + PAD
     x_gen = [x_text + text_w + PAD + k * (tile + PAD) for k in range(len(columns))]
     headers = [(x_mask, tile, "mask"), (x_text, text_w, "prompt")]
-    headers += [(x, tile, DISPLAY_NAMES.get(n, n)) for x, n in zip(x_gen, columns, strict=True)]
+    headers += [(x, tile, short_label(n)) for x, n in zip(x_gen, columns, strict=True)]
     head_font = 10 if tile >= 128 else 7
     for x, w, label in headers:
         # Long method names wrap onto a second line rather than run into the next column.

@@ -43,6 +43,9 @@ PACKAGES = (
 MISSING_MARKS = ("n/a", "na", "nan", "none", "", "—", "-")
 MISSING_PREFIXES = ("not computed", "not produced", "not available")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Table 2 (the clinicians' rating study) exists only once raters have answered: the page
+# picks it up from its own folder when present (ccis.rating.table writes it there).
+TABLE2 = ("Table 2 – user study, clinician ratings", "table2_user_study.md")
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -242,6 +245,11 @@ def build_report(
     sections.append(f"<p>Generated {html.escape(stamp)}.</p>")
     absent: list[str] = []
 
+    tables = list(tables)
+    table2 = out_dir / TABLE2[1]
+    if table2.is_file() and all(Path(p).stem != table2.stem for _, p in tables):
+        after = [k for k, (_, p) in enumerate(tables) if Path(p).name.startswith("table1")]
+        tables.insert(after[0] + 1 if after else len(tables), (TABLE2[0], table2))
     sections.append("<h2>Tables</h2>")
     for name, path in tables:
         path = Path(path)

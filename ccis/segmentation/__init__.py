@@ -1,1 +1,13 @@
-"""Downstream segmentation: PraNet and Polyp-PVT trained on real and real+synthetic data."""
+"""Downstream segmentation (paper Table 3): PraNet and Polyp-PVT trained on real and on
+real + synthetic pairs, evaluated per image on the test sets.
+
+The segmenters are listed in :mod:`ccis.segmentation.registry` (torch-free); the
+networks live in ``pranet.py`` and ``polyp_pvt.py`` on ``backbones.py``'s timm feature
+extractors; ``train.py`` follows the reference training scripts, ``evaluate.py`` and
+``metrics.py`` score test sets, ``table.py`` writes Table 3, ``commands.py`` the
+``ccis`` sub-commands.
+"""
+
+from ccis.segmentation.registry import REGISTRY, SEGMENTERS, Segmenter
+
+__all__ = ["REGISTRY", "SEGMENTERS", "Segmenter"]

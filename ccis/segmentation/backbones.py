@@ -1,8 +1,7 @@
 """Backbones of the segmenters: timm feature extractors with four levels (strides 4–32).
 
-The paper's networks use Res2Net-50 v1b 26w4s (PraNet; timm ``res2net50d`` has the same
-keys and features) and PVTv2-b2 (Polyp-PVT). The demo uses small timm models of the same
-families so that the embedded workflow trains in seconds on a CPU. Pretrained weights are
+Each segmenter's paper backbone and the small timm model of the same family that the CPU
+demo uses are in :mod:`ccis.segmentation.registry`. Pretrained weights are
 only ever read from a local file (never downloaded).
 """
 
@@ -19,11 +18,6 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 STRIDES = (4, 8, 16, 32)
-# The backbones of the papers' networks, and small stand-ins for the CPU demo.
-PAPER_BACKBONES = {"pranet": "res2net50d", "polyp_pvt": "pvt_v2_b2"}
-DEMO_BACKBONES = {"pranet": "resnet10t", "polyp_pvt": "pvt_v2_b0"}
-# Polyp-PVT trains its PVTv2 with stochastic depth 0.1; PraNet uses none.
-DEFAULT_DROP_PATH = {"pranet": 0.0, "polyp_pvt": 0.1}
 
 
 class Backbone(nn.Module):

@@ -10,22 +10,24 @@ import argparse
 import logging
 from pathlib import Path
 
+from ccis.common.arguments import add_options, add_table_outputs, given, names, positive_list
 from ccis.common.pairs import parse_pairs
 from ccis.common.threads import use_threads
+from ccis.segmentation.registry import LOSSES, REGISTRY
 
 log = logging.getLogger(__name__)
 
-SEGMENTERS = ("pranet", "polyp_pvt")
 
-
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        scales = ()
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"scales must read like 0.75,1,1.25; got {text!r}")
-    return scales
+# Options passed to train_segmenter only when given: its signature (and, for weight
+# decay and drop-path, the segmenter registry) holds the defaults.
+TRAIN_OPTIONS = (
+    ("batch_size", int, ""), ("learning_rate", float, ""), ("weight_decay", float, ""),
+    ("drop_path_rate", float, ""), ("size", int, "training size (square)"),
+    ("scales", positive_list(float, "0.75,1,1.25"), ""), ("clip", float, "gradient clamp by value"),
+    ("seed", int, ""), ("pretrained_file", Path, "local timm weights of the backbone"),
+    ("loss", LOSSES, "structure loss: reference (the released code's) or weighted"),
+    ("repeat", int, "list the training pairs this many times per epoch (step-matched)"),
+)  # fmt: skip
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -38,19 +40,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
         args.out,
         args.work,
         epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        size=args.size,
-        scales=args.scales,
-        clip=args.clip,
-        seed=args.seed,
-        weight_decay=args.weight_decay,
-        drop_path_rate=args.drop_path_rate,
-        pretrained_file=args.pretrained_file,
         threads=args.threads,
-        loss=args.loss,
         soft_masks=not args.binary_masks,
-        repeat=args.repeat,
+        **given(args, names(TRAIN_OPTIONS)),
     )
 
 
@@ -76,12 +68,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "train-segmenter",
         help="train PraNet or Polyp-PVT on real (+ synthetic) pairs (resumes from checkpoints)",
         description="Writes OUT/{model.safetensors,config.json,loss.csv}; WORK keeps the "
-        "per-epoch checkpoints. Weight decay and drop-path default to the model's reference "
-        "values (PraNet: Adam, 0, 0; Polyp-PVT: AdamW, 1e-4, 0.1).",
+        "per-epoch checkpoints. Options left out take train_segmenter's defaults (the "
+        "references' batch 16, lr 1e-4, 352², scales 0.75/1/1.25, clamp 0.5); weight decay "
+        "and drop-path default to the model's reference values (ccis.segmentation.registry).",
     )
-    train.add_argument("--model", required=True, choices=SEGMENTERS)
+    train.add_argument("--model", required=True, choices=REGISTRY)
     train.add_argument("--backbone", required=True, help="timm model, e.g. res2net50d, pvt_v2_b2")
-    train.add_argument("--pretrained-file", type=Path, help="local timm weights of the backbone")
     train.add_argument(
         "--train", required=True, action="append", type=Path, metavar="MANIFEST",
         help="training manifest (repeatable: real, synthetic/<gen>.parquet)",
@@ -89,25 +81,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, type=Path, help="model folder to write")
     train.add_argument("--work", required=True, type=Path, help="checkpoint folder (resume)")
     train.add_argument("--epochs", required=True, type=int)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--learning-rate", type=float, default=1e-4)
-    train.add_argument("--weight-decay", type=float, default=None)
-    train.add_argument("--drop-path-rate", type=float, default=None)
-    train.add_argument("--size", type=int, default=352, help="training size (square)")
-    train.add_argument("--scales", type=_scales, default=(0.75, 1.0, 1.25), help="0.75,1,1.25")
-    train.add_argument("--clip", type=float, default=0.5, help="gradient clamp by value")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument(
-        "--loss", choices=("reference", "weighted"), default="reference",
-        help="structure loss: reference (released code: unweighted BCE) or weighted",
-    )  # fmt: skip
+    add_options(train, TRAIN_OPTIONS)
     train.add_argument(
         "--binary-masks", action="store_true",
         help="binarise resized training masks at 128 (default: soft, as the references)",
-    )  # fmt: skip
-    train.add_argument(
-        "--repeat", type=int, default=1,
-        help="list the training pairs this many times per epoch (step-matched control)",
     )  # fmt: skip
     train.add_argument("--threads", type=int, default=None)
     train.set_defaults(func=_cmd_train)
@@ -131,8 +108,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tab = sub.add_parser(
         "segmentation-table", help="Table 3: mDice/mIoU per model × setting, mean ± std over seeds"
     )
-    tab.add_argument("--out-csv", required=True, type=Path)
-    tab.add_argument("--out-md", required=True, type=Path)
-    tab.add_argument("--paper", action="store_true", help="add the paper's published values")
+    add_table_outputs(tab)
     tab.add_argument("parquets", nargs="+", type=Path, help="evaluate-segmenter outputs")
     tab.set_defaults(func=_cmd_table)

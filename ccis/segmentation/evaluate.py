@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm import tqdm
 
+from ccis.common.device import default_device
 from ccis.common.images import read_gray, read_rgb
 from ccis.common.shards import write_table
 from ccis.segmentation.data import manifest_pairs
@@ -38,7 +38,7 @@ def evaluate_segmenter(
     if not tests:
         raise ValueError("no test set given")
     # The GPU when there is one (the rule declares it), else the CPU.
-    model = load_segmenter(model_dir, "cuda" if torch.cuda.is_available() else "cpu")
+    model = load_segmenter(model_dir, default_device())
     size = int(model.segmenter_config["size"])
     rows = []
     for name, manifest in tests.items():

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ccis.segmentation.registry import LOSSES
+
 
 def box_mean31(mask: torch.Tensor) -> torch.Tensor:
     """``avg_pool2d(mask, 31, stride=1, padding=15)`` (zero padding counted), separably.
@@ -31,9 +33,6 @@ def box_mean31(mask: torch.Tensor) -> torch.Tensor:
 def boundary_weights(mask: torch.Tensor) -> torch.Tensor:
     """``1 + 5·|avgpool31(m) − m|``: pixels near the polyp boundary weigh up to 6×."""
     return 1 + 5 * torch.abs(box_mean31(mask) - mask)
-
-
-LOSSES = ("reference", "weighted")
 
 
 def structure_loss(

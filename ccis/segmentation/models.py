@@ -1,4 +1,4 @@
-"""Build a segmenter by name."""
+"""Build a segmenter by name, from the segmenter registry."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import os
 from torch import nn
 
 from ccis.segmentation.backbones import create_backbone
-from ccis.segmentation.polyp_pvt import PolypPVT
-from ccis.segmentation.pranet import PraNet
-
-MODELS: dict[str, type[nn.Module]] = {"pranet": PraNet, "polyp_pvt": PolypPVT}
+from ccis.segmentation.registry import resolve_network, segmenter
 
 
 def build_segmenter(
@@ -19,7 +16,7 @@ def build_segmenter(
     pretrained_file: str | os.PathLike | None = None,
     drop_path_rate: float = 0.0,
 ) -> nn.Module:
-    """Segmenter ``model`` (pranet or polyp_pvt) on timm backbone ``backbone``."""
-    if model not in MODELS:
-        raise ValueError(f"unknown segmenter {model!r}; known: {', '.join(MODELS)}")
-    return MODELS[model](create_backbone(backbone, pretrained_file, drop_path_rate))
+    """Segmenter ``model`` (a :mod:`ccis.segmentation.registry` name) on timm backbone
+    ``backbone``."""
+    network = resolve_network(segmenter(model))
+    return network(create_backbone(backbone, pretrained_file, drop_path_rate))

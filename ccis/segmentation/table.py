@@ -9,30 +9,20 @@ import pandas as pd
 
 from ccis.common.atomic import write_bytes_atomic
 from ccis.config import STEP_MATCHED
-from ccis.generator import GENERATORS, REGISTRY
+from ccis.generator import REGISTRY
+from ccis.segmentation.registry import REGISTRY as SEGMENTER_REGISTRY
 
 log = logging.getLogger(__name__)
 
 # Published Table 3 of the CCIS-Diff paper (arXiv 2411.12198, "Comparisons of different
 # settings applied on two polyp segmentation baselines across three public datasets"),
 # in percent: (model, setting) -> test set -> (mDice, mIoU). "real" is the baseline
-# trained on real images only; the others add that generator's synthetic images.
+# trained on real images only (from the segmenter registry); the others add that
+# generator's synthetic images (from the generator registry).
 PAPER_TABLE3: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
-    ("pranet", "real"): {"cvc300": (86.1, 79.1), "clinicdb": (90.8, 86.1), "kvasir": (89.2, 84.0)},
-    ("pranet", "controlnet"): {
-        "cvc300": (85.4, 77.7), "clinicdb": (90.1, 85.1), "kvasir": (90.6, 85.2)},
-    ("pranet", "unicontrolnet"): {
-        "cvc300": (85.9, 78.2), "clinicdb": (89.5, 85.1), "kvasir": (87.9, 82.5)},
-    ("pranet", "ccis"): {"cvc300": (88.5, 81.0), "clinicdb": (92.8, 88.0), "kvasir": (92.8, 87.1)},
-    ("polyp_pvt", "real"): {
-        "cvc300": (88.2, 81.2), "clinicdb": (92.8, 87.6), "kvasir": (91.5, 86.8)},
-    ("polyp_pvt", "controlnet"): {
-        "cvc300": (88.3, 81.4), "clinicdb": (92.7, 88.2), "kvasir": (90.3, 84.8)},
-    ("polyp_pvt", "unicontrolnet"): {
-        "cvc300": (85.8, 79.6), "clinicdb": (89.3, 83.8), "kvasir": (86.5, 80.7)},
-    ("polyp_pvt", "ccis"): {
-        "cvc300": (89.3, 82.1), "clinicdb": (93.5, 88.4), "kvasir": (92.4, 87.0)},
-}  # fmt: skip
+    **{(m, "real"): s.paper_real for m, s in SEGMENTER_REGISTRY.items() if s.paper_real},
+    **{(m, g): values for g, spec in REGISTRY.items() for m, values in spec.paper_table3.items()},
+}
 # Our test-set and setting names that mean the paper's columns and rows.
 TEST_ALIASES = {
     "cvc300": "cvc300", "cvc-300": "cvc300", "endoscene": "cvc300",
@@ -41,14 +31,7 @@ TEST_ALIASES = {
 }  # fmt: skip
 SETTING_ALIASES = {"real": "real", "baseline": "real", "none": "real"}
 TEST_LABELS = {"cvc300": "EndoScene", "clinicdb": "CVC-ClinicDB", "kvasir": "Kvasir"}
-MODEL_LABELS = {"pranet": "PraNet", "polyp_pvt": "PVT"}
-# The paper calls its own method "Ours"; the ablations by what they remove.
-SETTING_LABELS = {
-    **{name: spec.short for name, spec in REGISTRY.items()},
-    "ccis": "Ours", STEP_MATCHED: "real ×2 (step-matched)",
-}  # fmt: skip
-SETTING_ORDER = ("real", STEP_MATCHED, *GENERATORS)
-MODEL_ORDER = ("pranet", "polyp_pvt")
+STEP_MATCHED_LABEL = "real ×2 (step-matched)"
 DASH = "–"
 
 
@@ -121,8 +104,8 @@ def table3(
         published = [paper_value(r.model, r.setting, r.test_set) for r in summary.itertuples()]
         summary["paper_mdice"] = [p[0] if p else float("nan") for p in published]
         summary["paper_miou"] = [p[1] if p else float("nan") for p in published]
-    models = _order(summary["model"], MODEL_ORDER)
-    order = {key: i for i, key in enumerate(SETTING_ORDER)}
+    models = _order(summary["model"], tuple(SEGMENTER_REGISTRY))
+    order = {key: i for i, key in enumerate(("real", STEP_MATCHED, *REGISTRY))}
     settings = sorted(
         set(summary["setting"]), key=lambda v: (order.get(setting_key(v), len(order)), v)
     )
@@ -142,9 +125,14 @@ def table3(
 
 
 def _row_label(model: str, setting: str) -> str:
-    name = MODEL_LABELS.get(model, model)
+    name = SEGMENTER_REGISTRY[model].label if model in SEGMENTER_REGISTRY else model
     key = setting_key(setting)
-    return name if key == "real" else f"{name} + {SETTING_LABELS.get(key, setting)}"
+    if key == "real":
+        return name
+    if key == STEP_MATCHED:
+        return f"{name} + {STEP_MATCHED_LABEL}"
+    # The paper calls its own method "Ours" (the registry's Table 3 row names).
+    return f"{name} + {REGISTRY[key].table3_row if key in REGISTRY else setting}"
 
 
 def _markdown(summary: pd.DataFrame, tests: list[str], paper: bool) -> str:

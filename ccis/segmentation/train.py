@@ -35,13 +35,13 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir
+from ccis.common.checkpoints import resume_from, save_checkpoint
 from ccis.common.loss_log import append_row, trim_rows
-from ccis.generator.checkpoints import resume_from, save_checkpoint
-from ccis.generator.provenance import claim, fingerprint
-from ccis.segmentation.backbones import DEFAULT_DROP_PATH
+from ccis.common.provenance import claim, fingerprint
 from ccis.segmentation.data import SegmentationData, epoch_batches, rescale, scale_sizes
 from ccis.segmentation.loss import LOSSES, boundary_weights, structure_loss
-from ccis.segmentation.models import MODELS, build_segmenter
+from ccis.segmentation.models import build_segmenter
+from ccis.segmentation.registry import segmenter
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,15 @@ WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.pt"
 CONFIG = "config.json"
 LOSS_LOG = "loss.csv"
-# The references' optimisers and weight decay, by model.
-OPTIMIZERS = {"pranet": ("adam", 0.0), "polyp_pvt": ("adamw", 1e-4)}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 def make_optimizer(
     model_name: str, params, learning_rate: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """Adam (PraNet) or AdamW (Polyp-PVT)."""
-    kind = OPTIMIZERS[model_name][0]
-    cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+    """The optimiser of the model's reference script (Adam for PraNet, AdamW for Polyp-PVT;
+    ``ccis.segmentation.registry``)."""
+    cls = OPTIMIZERS[segmenter(model_name).optimizer]
     # foreach: one vectorised update instead of a Python loop over tensors (same maths);
     # it is the default on GPUs only, and the loop was a fifth of a CPU step.
     return cls(params, lr=learning_rate, weight_decay=weight_decay, foreach=True)
@@ -96,8 +95,7 @@ def train_segmenter(
     ``weight_decay`` and ``drop_path_rate`` default to the model's reference values;
     ``loss`` (reference | weighted), ``soft_masks`` and ``repeat`` are described above.
     """
-    if model_name not in MODELS:
-        raise ValueError(f"unknown segmenter {model_name!r}; known: {', '.join(MODELS)}")
+    entry = segmenter(model_name)
     if epochs < 1 or batch_size < 1 or size < 32 or not scales or repeat < 1:
         raise ValueError(
             f"need epochs ≥ 1, batch size ≥ 1, size ≥ 32, a scale and repeat ≥ 1; got "
@@ -108,16 +106,16 @@ def train_segmenter(
     if threads:
         torch.set_num_threads(threads)
     if weight_decay is None:
-        weight_decay = OPTIMIZERS[model_name][1]
+        weight_decay = entry.weight_decay
     if drop_path_rate is None:
-        drop_path_rate = DEFAULT_DROP_PATH[model_name]
+        drop_path_rate = entry.drop_path_rate
     manifests = [Path(m) for m in manifests]
     work, out = Path(work), Path(out)
     settings = dict(
         model=model_name, backbone=backbone, batch_size=batch_size,
         learning_rate=learning_rate, size=size, scales=[float(s) for s in scales], clip=clip,
         seed=seed, weight_decay=weight_decay, drop_path_rate=drop_path_rate,
-        optimizer=OPTIMIZERS[model_name][0],
+        optimizer=entry.optimizer,
         pretrained_file=str(pretrained_file) if pretrained_file else None,
         loss=loss, soft_masks=soft_masks, repeat=repeat,
     )  # fmt: skip
