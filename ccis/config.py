@@ -7,6 +7,7 @@ every bad key by its dotted path (``data.splits[0].phantom.count``).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +77,7 @@ def load_schema(schema_path: str | os.PathLike) -> dict:
     template = defs["segmenter_settings"]
     segmentation = schema["properties"]["segmentation"]["properties"]
     for name, entry in SEGMENTERS.items():
-        settings = yaml.safe_load(yaml.safe_dump(template))
+        settings = copy.deepcopy(template)
         for key in ("backbone", "epochs", "learning_rate", "weight_decay", "drop_path_rate"):
             settings["properties"][key]["default"] = getattr(entry, key)
         settings["description"] = f"{entry.label}: {template['description']}"
