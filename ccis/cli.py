@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from ccis import __version__
 from ccis.common.logs import setup_logging
+from ccis.common.preemption import PREEMPTED_EXIT, Preempted
 
 log = logging.getLogger("ccis")
 
@@ -55,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
+    except Preempted:
+        # Progress is saved (and logged); the scheduler or Snakemake re-runs the job.
+        return PREEMPTED_EXIT
     except (ValueError, FileNotFoundError) as err:
         # Bad input: one clear message (it already names the files), no traceback.
         log.error("%s", err)

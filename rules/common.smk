@@ -41,10 +41,14 @@ def quoted(args):
 
 
 def launcher(command, gpus):
-    """`ccis <command>`, or through `accelerate launch` with one process per GPU."""
+    """`ccis <command>`, or through `accelerate launch` with one process per GPU.
+
+    `exec` replaces the job's shell, so a scheduler's SIGTERM or SIGUSR1 reaches the
+    trainer (which checkpoints and exits 75) instead of killing the shell under it.
+    """
     if gpus > 1:
-        return f"accelerate launch --multi_gpu --num_processes {gpus} -m ccis.cli {command}"
-    return f"ccis {command}"
+        return f"exec accelerate launch --multi_gpu --num_processes {gpus} -m ccis.cli {command}"
+    return f"exec ccis {command}"
 
 
 def local_file(path):
