@@ -1,5 +1,7 @@
 # prepare: phantom frames or a real data set -> normalised pairs + manifest per split.
 
+from ccis.data.listing import listing_fingerprint
+
 DATA = config["data"]
 
 # `ccis prepare` options of each split, spelled out (the command reads no config): a
@@ -28,6 +30,14 @@ for split, spec in SPLITS.items():
     PREPARE_ARGS[split] = quoted(args)
 
 
+def source_listing(wildcards):
+    """Fingerprint of a real split's folders (names, sizes, mtimes; ccis.data.listing): a
+    param, so an edited, added or removed file re-runs this split's prepare (Snakemake
+    re-runs jobs whose params changed) and what depends on it."""
+    spec = SPLITS[wildcards.split]
+    return listing_fingerprint(s["root"] for s in spec.get("sources", []))
+
+
 rule prepare:
     output:
         manifest=f"{RESULTS}/data/{{split}}.parquet",
@@ -35,6 +45,7 @@ rule prepare:
     params:
         args=lambda wildcards: PREPARE_ARGS[wildcards.split],
         out=lambda wildcards, output: Path(output.manifest).parent,
+        listing=source_listing,
     log:
         f"{RESULTS}/logs/prepare/{{split}}.log",
     benchmark:

@@ -188,6 +188,50 @@ def test_bootstrap_stops_on_sigusr1_with_a_checkpoint(triplets, tmp_path, monkey
     assert (tmp_path / "base" / "unet").is_dir()
 
 
+class _NanGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@pytest.mark.parametrize("what", ["loss", "gradient norm"])
+def test_divergence_stops_at_the_step_and_keeps_the_last_good_checkpoint(
+    what, triplets, base, tmp_path, monkeypatch
+):
+    import ccis.generator.train as train
+    from ccis.common.divergence import Diverged
+
+    mse, calls = train.F.mse_loss, []
+
+    def poisoned_on_step_3(*args, **kwargs):
+        calls.append(1)
+        loss = mse(*args, **kwargs)
+        if len(calls) != 3:
+            return loss
+        return loss * float("nan") if what == "loss" else _NanGradient.apply(loss)
+
+    monkeypatch.setattr(train.F, "mse_loss", poisoned_on_step_3)
+    settings = train.TrainSettings(
+        steps=5, batch_size=2, learning_rate=1e-3, checkpoint_every=2, resolution=32
+    )
+    work = tmp_path / "work"
+    expected = rf"diverged at step 3: the {what} is nan.*checkpoint-2 \(step 2, intact\)"
+    with pytest.raises(Diverged, match=expected):
+        train.train_branch("ccis", triplets, base, tmp_path / "out", work, settings,
+                           conditioning_channels=(4, 4, 4, 4))  # fmt: skip
+    assert [p.name for p in (work / "checkpoints").iterdir()] == ["checkpoint-2"]
+    for weights in (work / "checkpoints" / "checkpoint-2").glob("*.safetensors"):
+        assert all(torch.isfinite(v).all() for v in load_file(weights).values())
+    assert pd.read_csv(work / "loss.csv")["step"].tolist() == [1, 2]  # no NaN row
+    assert not (tmp_path / "out").exists()
+
+
 def test_gradient_norm_clipping_bounds_the_update(triplets, base, tmp_path):
     """Clipped to a norm far below Adam's ε, the step nearly vanishes: the clip acts."""
     moved = {}

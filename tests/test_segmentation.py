@@ -424,6 +424,25 @@ def test_killed_and_preempted_runs_resume_to_the_same_weights(micro, tmp_path, c
     assert losses[0].tolist() == losses[1].tolist()
 
 
+def test_nan_loss_stops_the_segmenter_before_its_checkpoint(micro, tmp_path, monkeypatch):
+    import ccis.segmentation.train as train
+    from ccis.common.divergence import Diverged
+
+    loss, calls = train.structure_loss, []
+
+    def nan_in_epoch_2(*args):
+        calls.append(1)
+        value = loss(*args)
+        return value * float("nan") if len(calls) > 8 else value  # 4 maps, 2 batches an epoch
+
+    monkeypatch.setattr(train, "structure_loss", nan_in_epoch_2)
+    with pytest.raises(Diverged, match=r"epoch 2, batch 1\) diverged at step 3: the loss is nan"):
+        train_segmenter("pranet", "resnet10t", [micro["train"]], tmp_path / "out",
+                        tmp_path / "work", epochs=2, **dict(TRAIN_KW, scales=(1.0,)))  # fmt: skip
+    assert [p.name for p in (tmp_path / "work" / "checkpoints").iterdir()] == ["checkpoint-2"]
+    assert pd.read_csv(tmp_path / "work" / "loss.csv")["epoch"].tolist() == [1]
+
+
 def test_bad_inputs_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_segmenter(tmp_path)

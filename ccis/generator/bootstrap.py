@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir
 from ccis.common.checkpoints import resume_from, save_checkpoint
+from ccis.common.divergence import check_finite, gradient_norm
 from ccis.common.preemption import stop_requests
 from ccis.common.provenance import claim, fingerprint
 from ccis.diffusion.presets import tiny_components
@@ -121,6 +122,7 @@ def bootstrap_base(
                 loss = loss + 1e-6 * posterior.kl().mean()
                 vae_opt.zero_grad(set_to_none=True)
                 loss.backward()
+                _check(loss, vae.parameters(), step + 1, work / "checkpoints")
                 vae_opt.step()
             else:
                 if posteriors is None:
@@ -146,6 +148,12 @@ def bootstrap_base(
                 loss = _weighted_mean((pred - noise).square(), cells, settings.polyp_weight)
                 gen_opt.zero_grad(set_to_none=True)
                 loss.backward()
+                _check(
+                    loss,
+                    [*unet.parameters(), *text_encoder.parameters()],
+                    step + 1,
+                    work / "checkpoints",
+                )
                 gen_opt.step()
             done = step + 1
             scheduled = settings.checkpoint_every and done % settings.checkpoint_every == 0
@@ -175,6 +183,12 @@ def bootstrap_base(
         pipe.save_pretrained(tmp)
     log.info("wrote the tiny base to %s", out)
     return out
+
+
+def _check(loss: torch.Tensor, parameters, step: int, checkpoints: Path) -> None:
+    """Stop before an optimiser step with a non-finite loss or gradient (no NaN checkpoint)."""
+    check_finite(loss, "loss", "bootstrap", step, checkpoints)
+    check_finite(gradient_norm(parameters), "gradient norm", "bootstrap", step, checkpoints)
 
 
 def _weighted_mean(error: torch.Tensor, masks: torch.Tensor, weight: float) -> torch.Tensor:

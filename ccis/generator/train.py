@@ -10,6 +10,7 @@ every randomness is a function of (seed, step), so a resumed run continues the s
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -20,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ccis.common.atomic import atomic_dir
+from ccis.common.atomic import atomic_dir, write_bytes_atomic
 from ccis.common.checkpoints import resume_from, save_checkpoint
+from ccis.common.divergence import check_finite, describe_skips
+from ccis.common.images import encode_png
 from ccis.common.loss_log import append_row, trim_rows
 from ccis.common.preemption import stop_requests
 from ccis.common.provenance import claim, fingerprint
@@ -164,6 +167,8 @@ def train_branch(
     blocks = 0 if start_lambdas is None else len(start_lambdas)
     columns = ("step", "loss", *(f"lambda_{i}" for i in range(blocks)))
 
+    # fp16 runs under a dynamic loss scaler, which skips steps with inf gradients (counted).
+    scaled, skipped = settings.mixed_precision == "fp16", 0
     with stop_requests() as stop:
         progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
                         desc=f"train {kind}", disable=not accelerator.is_main_process)  # fmt: skip
@@ -203,11 +208,23 @@ def train_branch(
                     ).sample  # fmt: skip
                     loss = F.mse_loss(pred.float(), noise.float())
                     accelerator.backward(loss)
-                    if settings.max_grad_norm and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(branch.parameters(), settings.max_grad_norm)
+                    # Checked before the optimiser step, so no NaN reaches the weights that a
+                    # checkpoint could save (every process sees the same reduced values).
+                    mean = accelerator.reduce(loss.detach(), reduction="mean")  # over processes
+                    check_finite(mean, "loss", f"training {kind}", step + 1, checkpoints)
+                    if accelerator.sync_gradients:
+                        # No clip (0) is a clip at inf: grads × 1, and the norm to check.
+                        norm = accelerator.clip_grad_norm_(
+                            branch.parameters(), settings.max_grad_norm or math.inf
+                        )
+                        if not scaled:  # fp16's scaler skips inf-gradient steps itself
+                            check_finite(
+                                norm, "gradient norm", f"training {kind}", step + 1, checkpoints
+                            )
                     optimizer.step()
+                    if accelerator.sync_gradients and accelerator.optimizer_step_was_skipped:
+                        skipped += 1
                     optimizer.zero_grad(set_to_none=True)
-                mean = accelerator.reduce(loss.detach(), reduction="mean")  # over processes
                 total += mean.item() / settings.gradient_accumulation
             done = step + 1
             if accelerator.is_main_process:
@@ -236,6 +253,8 @@ def train_branch(
                     work / "validation" / f"step-{done}.png",
                 )
 
+    if message := describe_skips(skipped, settings.steps - start, settings.mixed_precision):
+        log.warning("%s", message)
     accelerator.wait_for_everyone()
     out = Path(out)
     if accelerator.is_main_process:
@@ -283,8 +302,6 @@ def _validate(branch, parts: dict, data: TripletData, png: Path, count: int = 4)
                   guidance_scale=7.0, seed=0, progress=False)  # fmt: skip
     rows = [np.hstack([np.repeat(m[..., None], 3, axis=2), (img * 255).round().astype(np.uint8)])
             for m, img in zip(masks, images, strict=True)]  # fmt: skip
-    png.parent.mkdir(parents=True, exist_ok=True)
-    import cv2
-
-    cv2.imwrite(str(png), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+    # (cv2.imwrite only returns False on a full disk: write the bytes ourselves, atomically.)
+    write_bytes_atomic(png, encode_png(np.vstack(rows)))
     branch.train()

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir
 from ccis.common.checkpoints import resume_from, save_checkpoint
+from ccis.common.divergence import check_finite, gradient_norm
 from ccis.common.loss_log import append_row, trim_rows
 from ccis.common.preemption import stop_requests
 from ccis.common.provenance import claim, fingerprint
@@ -212,9 +213,16 @@ def train_segmenter(
                     total = sum(structure_loss(logits, m, weights, loss) for logits in model(x))
                     optimizer.zero_grad(set_to_none=True)
                     accelerator.backward(total)
+                    # Before the step: a NaN must reach no weight a checkpoint could save. The
+                    # value clamp keeps NaN, so the clamped gradients show it too.
+                    mean = accelerator.reduce(total.detach(), reduction="mean")
                     accelerator.clip_grad_value_(model.parameters(), clip)
+                    here = (f"training {model_name} (epoch {epoch + 1}, batch {b + 1})",
+                            epoch * per_epoch + b + 1, checkpoints)  # fmt: skip
+                    check_finite(mean, "loss", *here)
+                    check_finite(gradient_norm(model.parameters()), "gradient norm", *here)
                     optimizer.step()
-                    losses.append(float(accelerator.reduce(total.detach(), reduction="mean")))
+                    losses.append(float(mean))
                 progress.update()
                 progress.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
                 if b + 1 < len(batches) and stop.agreed(accelerator):
