@@ -25,6 +25,7 @@ for split, spec in SPLITS.items():
         args += [
             "--on-bad-pair", DATA["on_bad_pair"],
             "--empty-masks", DATA["empty_masks"],
+            "--suspicious-masks", DATA["suspicious_masks"],
             "--max-pixels", DATA["max_pixels"],
         ]
     PREPARE_ARGS[split] = quoted(args)
