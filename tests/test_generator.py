@@ -276,9 +276,24 @@ def test_synthesis_resumes_after_a_kill(triplets, base, tmp_path):
     proc = subprocess.Popen(
         cmd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    _kill_when(proc, lambda: len(list((images / "images").glob("*.png"))) >= 3)
+    _kill_when(proc, lambda: len(list((images / "images").glob("*.png"))) >= 2)
+    killed = len(list((images / "images").glob("*.png")))
+    # SIGTERM (preemption): the image in hand is finished and written, then exit 75.
+    from ccis.common.preemption import PREEMPTED_EXIT
+
+    proc = subprocess.Popen(cmd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while len(list((images / "images").glob("*.png"))) <= killed and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=240)[1].decode()
+    assert proc.returncode == PREEMPTED_EXIT, stderr[-3000:]
+    assert "stopped on SIGTERM" in stderr
     before = {p.name: p.stat().st_mtime_ns for p in (images / "images").glob("*.png")}
-    assert 3 <= len(before) < 8 and not (tmp_path / "syn.part0.parquet").exists()
+    assert killed < len(before) < 8 and not (tmp_path / "syn.part0.parquet").exists()
+    assert not list(images.rglob(".*.tmp-*"))  # every file written is whole
+    for path in (images / "images").glob("*.png"):
+        assert (images / "masks" / path.name).is_file()
     done = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"{len(before)} done before" in done.stderr

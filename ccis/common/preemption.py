@@ -1,8 +1,10 @@
 """Stop long jobs cleanly when the scheduler asks: checkpoint at a step boundary, then exit.
 
 SLURM sends SIGTERM when it preempts or cancels a job (and SIGKILL ``KillWait`` seconds
-later, 30 by default); ``sbatch --signal=USR1@300`` (set in the SLURM profile) sends
-SIGUSR1 five minutes before the time limit. Both only set a flag here; the training loop
+later, 30 by default), and the SLURM profile's ``--signal=TERM@300`` sends it five minutes
+before the time limit; SIGUSR1 is handled the same way for scripts that ask for it
+(``sbatch --signal=B:USR1@300`` around ``exec ccis ...``; the profile cannot use it, as
+it would kill the Snakemake running the rule inside the job). Either only sets a flag; the loop
 reads it at its next step boundary, writes a checkpoint of that step, and raises
 :class:`Preempted`, which ``ccis`` turns into exit code :data:`PREEMPTED_EXIT`. Re-running
 the same command resumes from that checkpoint. A second signal while the first is pending
