@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from ccis.common.checkpoints import complete_checkpoints
+
+if TYPE_CHECKING:  # torch is imported when used: `ccis` imports this module at every start
+    import torch
 
 DIVERGED_EXIT = 3
 
@@ -46,7 +48,7 @@ def check_finite(
 
     ``step`` is the step being computed (1-based, as the loss log and checkpoints count).
     """
-    number = float(value.detach().float().item() if torch.is_tensor(value) else value)
+    number = float(value.detach().float().item() if hasattr(value, "detach") else value)
     if math.isfinite(number):
         return
     raise Diverged(
@@ -59,6 +61,8 @@ def check_finite(
 
 def gradient_norm(parameters) -> torch.Tensor:
     """The total 2-norm of the parameters' gradients (NaN or inf if any entry is)."""
+    import torch
+
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
