@@ -174,3 +174,25 @@ def test_an_edited_data_set_reruns_prepare_of_its_split_and_downstream_only(tmp_
     (tmp_path / "other" / "images" / "y.png").unlink()  # a pair removed from a test set
     (tmp_path / "other" / "masks" / "y.png").unlink()
     assert _planned(tmp_path, targets) == sorted([*downstream, "prepare split=etis"])
+
+
+def test_listing_fingerprint_follows_names_sizes_and_mtimes(tmp_path):
+    """What prepare's and caption's params hold: any edit, addition or removal changes it."""
+    from ccis.data.listing import listing_fingerprint
+
+    folder, model = tmp_path / "kvasir", tmp_path / "model.gguf"
+    (folder / "masks").mkdir(parents=True)
+    (folder / "masks" / "a.png").write_bytes(b"mask")
+    model.write_bytes(b"weights")
+    seen = {listing_fingerprint([folder, model])}
+    stat = model.stat()
+    model.write_bytes(b"other!!")  # same size: the mtime tells
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    seen.add(listing_fingerprint([folder, model]))
+    (folder / "masks" / "b.png").write_bytes(b"new")
+    seen.add(listing_fingerprint([folder, model]))
+    (folder / "masks" / "a.png").unlink()
+    seen.add(listing_fingerprint([folder, model]))
+    assert len(seen) == 4
+    assert listing_fingerprint([folder, model]) == listing_fingerprint([folder, model])
+    assert listing_fingerprint([tmp_path / "missing"]) != listing_fingerprint([])
