@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 from ccis.config import ConfigError, train_split, validate_config
+from ccis.data.listing import listing_fingerprint
 from ccis.generator import GENERATORS as ALL_GENERATORS
 from ccis.segmentation.registry import SEGMENTERS
 
@@ -64,3 +65,11 @@ def base_path(wildcards, input):
 def branch_args(folders):
     """`--branch <gen>=<folder>` for each trained branch folder."""
     return " ".join(f"--branch {Path(folder).name}={folder}" for folder in folders)
+
+
+def source_listing(wildcards):
+    """Fingerprint of a real split's folders (names, sizes, mtimes; ccis.data.listing): a
+    param, so an edited, added or removed file re-runs this split's prepare (Snakemake
+    re-runs jobs whose params changed) and what depends on it."""
+    spec = SPLITS[wildcards.split]
+    return listing_fingerprint(s["root"] for s in spec.get("sources", []))

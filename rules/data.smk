@@ -1,7 +1,5 @@
 # prepare: phantom frames or a real data set -> normalised pairs + manifest per split.
 
-from ccis.data.listing import listing_fingerprint
-
 DATA = config["data"]
 
 # `ccis prepare` options of each split, spelled out (the command reads no config): a
@@ -30,13 +28,6 @@ for split, spec in SPLITS.items():
         ]
     PREPARE_ARGS[split] = quoted(args)
 
-
-def source_listing(wildcards):
-    """Fingerprint of a real split's folders (names, sizes, mtimes; ccis.data.listing): a
-    param, so an edited, added or removed file re-runs this split's prepare (Snakemake
-    re-runs jobs whose params changed) and what depends on it."""
-    spec = SPLITS[wildcards.split]
-    return listing_fingerprint(s["root"] for s in spec.get("sources", []))
 
 
 rule prepare:
