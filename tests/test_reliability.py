@@ -196,3 +196,20 @@ def test_listing_fingerprint_follows_names_sizes_and_mtimes(tmp_path):
     assert len(seen) == 4
     assert listing_fingerprint([folder, model]) == listing_fingerprint([folder, model])
     assert listing_fingerprint([tmp_path / "missing"]) != listing_fingerprint([])
+
+
+def test_a_repeated_stop_signal_neither_kills_nor_changes_the_request():
+    """SLURM plus a launcher often deliver one stop twice: the second must not kill the
+    process while it writes its checkpoint. Handlers are put back afterwards."""
+    import signal
+
+    from ccis.common.preemption import stop_requests
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_requests() as stop:
+        assert not stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop and stop.signal_name == "SIGTERM" and stop.agreed()
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -7,14 +7,15 @@ before the time limit; SIGUSR1 is handled the same way for scripts that ask for 
 it would kill the Snakemake running the rule inside the job). Either only sets a flag; the loop
 reads it at its next step boundary, writes a checkpoint of that step, and raises
 :class:`Preempted`, which ``ccis`` turns into exit code :data:`PREEMPTED_EXIT`. Re-running
-the same command resumes from that checkpoint. A second signal while the first is pending
-kills the process at once (the checkpoints on disk are complete or absent, never half).
+the same command resumes from that checkpoint. Repeated signals change nothing: under
+SLURM one stop often arrives twice (slurmstepd signals every process of the step, and a
+launcher such as ``accelerate launch`` forwards its own copy), and dying on the second
+would lose the checkpoint being written. SIGKILL still stops a process at once.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -82,9 +83,7 @@ def stop_requests(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterato
     def handler(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if request:
-            # Asked twice: do what the signal would have done without us.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            log.info("received %s again: already stopping", name)
             return
         request.signal_name = name
         log.warning("received %s: stopping at the next step boundary", name)
