@@ -16,9 +16,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ccis import __version__
+from ccis.common.atomic import WriteFailed
+from ccis.common.divergence import DIVERGED_EXIT, Diverged
 from ccis.common.logs import setup_logging
+from ccis.common.preemption import PREEMPTED_EXIT, Preempted
 
 log = logging.getLogger("ccis")
+
+# Exit codes besides 0 and 2 (bad input): 3 training diverged, 4 an output could not be
+# written (disk full), 75 stopped on SIGTERM/SIGUSR1 with progress saved (re-run continues).
+WRITE_FAILED_EXIT = 4
 
 # The stages in workflow order; each module has ``add_commands(subparsers)``.
 STAGES = (
@@ -55,6 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
+    except Diverged as err:
+        # Names the step and the last good checkpoint; not bad input, so its own code.
+        log.error("%s", err)
+        return DIVERGED_EXIT
+    except WriteFailed as err:
+        # A full disk or quota: the message names the file and the free space.
+        log.error("%s", err)
+        return WRITE_FAILED_EXIT
+    except Preempted:
+        # Progress is saved (and logged); the scheduler or Snakemake re-runs the job.
+        return PREEMPTED_EXIT
     except (ValueError, FileNotFoundError) as err:
         # Bad input: one clear message (it already names the files), no traceback.
         log.error("%s", err)

@@ -26,6 +26,12 @@ if CAPTION["captioner"] == "llama":
     if LLAMA["mmproj"]:
         CAPTION_ARGS += ["--llama-mmproj", LLAMA["mmproj"]]
     CAPTION_MODELS = [path for path in (LLAMA["model"], LLAMA["mmproj"]) if path]
+# The tokenizer and the LLM files by name, size and mtime (ccis.data.listing): replacing
+# one re-runs the captions even when the new file is older than them (a copy that keeps
+# its mtime), which the inputs' mtime trigger alone would miss.
+CAPTION_LISTING = listing_fingerprint(
+    [path for path in (CAPTION["tokenizer"], *CAPTION_MODELS) if path]
+)
 
 
 rule caption:
@@ -38,6 +44,7 @@ rule caption:
     params:
         args=quoted(CAPTION_ARGS),
         shards=CAPTION["shards"],
+        listing=CAPTION_LISTING,
     log:
         f"{RESULTS}/logs/caption/{{split}}.part{{shard}}.log",
     benchmark:

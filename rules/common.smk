@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 from ccis.config import ConfigError, train_split, validate_config
+from ccis.data.listing import listing_fingerprint
 from ccis.generator import GENERATORS as ALL_GENERATORS
 from ccis.segmentation.registry import SEGMENTERS
 
@@ -41,10 +42,14 @@ def quoted(args):
 
 
 def launcher(command, gpus):
-    """`ccis <command>`, or through `accelerate launch` with one process per GPU."""
+    """`ccis <command>`, or through `accelerate launch` with one process per GPU.
+
+    `exec` replaces the job's shell, so a scheduler's SIGTERM or SIGUSR1 reaches the
+    trainer (which checkpoints and exits 75) instead of killing the shell under it.
+    """
     if gpus > 1:
-        return f"accelerate launch --multi_gpu --num_processes {gpus} -m ccis.cli {command}"
-    return f"ccis {command}"
+        return f"exec accelerate launch --multi_gpu --num_processes {gpus} -m ccis.cli {command}"
+    return f"exec ccis {command}"
 
 
 def local_file(path):
@@ -60,3 +65,11 @@ def base_path(wildcards, input):
 def branch_args(folders):
     """`--branch <gen>=<folder>` for each trained branch folder."""
     return " ".join(f"--branch {Path(folder).name}={folder}" for folder in folders)
+
+
+def source_listing(wildcards):
+    """Fingerprint of a real split's folders (names, sizes, mtimes; ccis.data.listing): a
+    param, so an edited, added or removed file re-runs this split's prepare (Snakemake
+    re-runs jobs whose params changed) and what depends on it."""
+    spec = SPLITS[wildcards.split]
+    return listing_fingerprint(s["root"] for s in spec.get("sources", []))

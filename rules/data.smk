@@ -23,9 +23,11 @@ for split, spec in SPLITS.items():
         args += [
             "--on-bad-pair", DATA["on_bad_pair"],
             "--empty-masks", DATA["empty_masks"],
+            "--suspicious-masks", DATA["suspicious_masks"],
             "--max-pixels", DATA["max_pixels"],
         ]
     PREPARE_ARGS[split] = quoted(args)
+
 
 
 rule prepare:
@@ -35,6 +37,7 @@ rule prepare:
     params:
         args=lambda wildcards: PREPARE_ARGS[wildcards.split],
         out=lambda wildcards, output: Path(output.manifest).parent,
+        listing=source_listing,
     log:
         f"{RESULTS}/logs/prepare/{{split}}.log",
     benchmark:

@@ -32,7 +32,7 @@ rule bootstrap:
     conda:
         "../envs/ccis.yaml"
     shell:
-        "ccis bootstrap --triplets {input.triplets} --out {output} --work {params.work}"
+        "exec ccis bootstrap --triplets {input.triplets} --out {output} --work {params.work}"
         " {params.steps} {params.model} --threads {threads} > {log} 2>&1"
 
 
@@ -134,7 +134,7 @@ rule synthesize:
     conda:
         "../envs/ccis.yaml"
     shell:
-        "ccis synthesize --generator {wildcards.generator} --base {params.base}"
+        "exec ccis synthesize --generator {wildcards.generator} --base {params.base}"
         " --branch {input.branch} --triplets {input.triplets} --out {output}"
         " --images {params.images} --shard {wildcards.shard}/{params.shards}"
         " {params.args} {params.model} --threads {threads} > {log} 2>&1"

@@ -289,3 +289,58 @@ def test_mask_that_thresholding_would_empty_is_refused(tmp_path):
         DatasetError, match=r"masks/a\.png: mask has non-zero pixels but none reaches 128"
     ):
         _prepare(tmp_path, root)
+
+
+def test_suspicious_masks_are_flagged_dropped_or_refused(tmp_path, caplog):
+    """Whole-frame masks, specks and a region cut by all four borders (data.suspicious_masks)."""
+    root = _dataset(tmp_path, ("fine", "full", "specks", "border"))
+    full = np.full((40, 48), 255, np.uint8)
+    full[:2, :2] = 0  # nearly the whole frame
+    save(root / "masks" / "full.png", full)
+    specks = disc_mask()
+    specks[35, 45] = 255  # one stray pixel: 1 of 1920, under 0.1 %
+    save(root / "masks" / "specks.png", specks)
+    border = np.zeros((40, 48), np.uint8)
+    border[:, 20:24] = 255
+    border[18:22, :] = 255  # a cross from edge to edge: 20 % of the frame
+    save(root / "masks" / "border.png", border)
+    with caplog.at_level(logging.WARNING, logger="ccis"):
+        table = pd.read_parquet(_prepare(tmp_path, root))
+    notes = dict(zip(table["id"], table["notes"], strict=True))
+    assert notes["kvasir-fine"] is None
+    assert "suspicious mask: covers 99.8% of the frame" in notes["kvasir-full"]
+    assert "suspicious mask: 1 speck(s) below 0.1% of the frame" in notes["kvasir-specks"]
+    assert "touches all four frame borders" in notes["kvasir-border"]
+    assert "3 suspicious mask(s) kept" in caplog.text and "masks/specks.png" in caplog.text
+
+    drop = pd.read_parquet(
+        prepare_split("d", tmp_path / "out", sources=[SourceSpec("kvasir-seg", root)],
+                      suspicious_masks="drop")
+    )  # fmt: skip
+    assert drop["id"].tolist() == ["kvasir-fine"]
+    assert sorted(p.name for p in (tmp_path / "out" / "d" / "masks").iterdir()) == [
+        "kvasir-fine.png"
+    ]
+    with pytest.raises(DatasetError, match=r"(?s)masks/border\.png.*masks/full\.png.*specks"):
+        prepare_split("e", tmp_path / "out", sources=[SourceSpec("kvasir-seg", root)],
+                      suspicious_masks="error")  # fmt: skip
+
+
+def test_stray_files_are_logged_by_name_and_exif_orientation_is_noted(tmp_path, caplog):
+    root = _dataset(tmp_path)
+    (root / "images" / "Thumbs.db").write_bytes(b"\0" * 10)
+    (root / "images" / "notes.txt").write_text("annotator notes")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(frame(seed=7)).save(root / "images" / "b.png", exif=exif)
+    with caplog.at_level(logging.WARNING, logger="ccis"):
+        table = pd.read_parquet(_prepare(tmp_path, root))
+    assert "ignored 2 file(s) that are not images" in caplog.text
+    assert "Thumbs.db, notes.txt" in caplog.text
+    notes = dict(zip(table["id"], table["notes"], strict=True))
+    assert notes["kvasir-b"] == "image: EXIF orientation 6 ignored: pixels read as stored"
+    assert notes["kvasir-a"] is None
+    stored = np.asarray(
+        Image.open(tmp_path / "out" / table.set_index("id").at["kvasir-b", "image"])
+    )
+    assert np.array_equal(stored, frame(seed=7))  # as stored, not rotated

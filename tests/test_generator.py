@@ -120,6 +120,118 @@ def test_training_resumes_after_sigkill_and_matches_an_uninterrupted_run(triplet
     assert any(float(v.abs().max()) > 0 for k, v in a.items() if "controlnet_down_blocks" in k)
 
 
+def test_sigterm_checkpoints_the_step_exits_75_and_resumes_to_the_same_weights(
+    triplets, base, tmp_path
+):
+    """A SLURM preemption (SIGTERM) mid-run: the step in hand ends, is checkpointed (off the
+    every-4-steps schedule), ``ccis`` exits 75, and the re-run ends where an uninterrupted
+    run does."""
+    from ccis.common.preemption import PREEMPTED_EXIT
+
+    steps = 8
+    straight = subprocess.run(_train_cmd(triplets, base, tmp_path / "a", tmp_path / "wa", steps),
+                              env=run_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert straight.returncode == 0, straight.stderr
+    cmd = _train_cmd(triplets, base, tmp_path / "b", tmp_path / "wb", steps)
+    log = tmp_path / "b.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, env=run_env(), stdout=subprocess.DEVNULL, stderr=err)
+        loss = tmp_path / "wb" / "loss.csv"
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            if loss.is_file() and len(loss.read_text().splitlines()) >= 2:  # step 1 done
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.02)
+        assert proc.wait(timeout=240) == PREEMPTED_EXIT, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "received SIGTERM" in text and "stopped on SIGTERM" in text and "Traceback" not in text
+    saved = sorted((tmp_path / "wb" / "checkpoints").glob("checkpoint-*/complete"))
+    assert len(saved) == 1 and not (tmp_path / "b").exists()
+    step = int(saved[0].parent.name.split("-")[1])
+    assert 1 <= step < steps and f"checkpoint-{step}" in text
+    resumed = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"(step {step})" in resumed.stderr
+    assert pd.read_csv(tmp_path / "b" / "loss.csv")["step"].tolist() == list(range(1, steps + 1))
+    a = load_file(tmp_path / "a" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "b" / "diffusion_pytorch_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_bootstrap_stops_on_sigusr1_with_a_checkpoint(triplets, tmp_path, monkeypatch):
+    """SIGUSR1 (SLURM's warning before the time limit) during bootstrap: checkpoint of the
+    step in hand, Preempted raised; the re-run resumes there."""
+    import os
+
+    import ccis.generator.bootstrap as boot
+    from ccis.common.preemption import Preempted
+
+    settings = boot.BootstrapSettings(
+        vae_steps=2, unet_steps=2, batch_size=2, resolution=32, checkpoint_every=0
+    )
+    posteriors = boot._posteriors
+
+    def signal_then_encode(*args, **kwargs):  # runs on the first UNet step (step 3)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return posteriors(*args, **kwargs)
+
+    monkeypatch.setattr(boot, "_posteriors", signal_then_encode)
+    with pytest.raises(Preempted, match="stopped on SIGUSR1") as stopped:
+        boot.bootstrap_base(triplets, tmp_path / "base", tmp_path / "work", settings)
+    assert stopped.value.checkpoint.name == "checkpoint-3"
+    assert (stopped.value.checkpoint / "complete").is_file() and not (tmp_path / "base").exists()
+    monkeypatch.setattr(boot, "_posteriors", posteriors)
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers put back
+    boot.bootstrap_base(triplets, tmp_path / "base", tmp_path / "work", settings)
+    assert (tmp_path / "base" / "unet").is_dir()
+
+
+class _NanGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@pytest.mark.parametrize("what", ["loss", "gradient norm"])
+def test_divergence_stops_at_the_step_and_keeps_the_last_good_checkpoint(
+    what, triplets, base, tmp_path, monkeypatch
+):
+    import ccis.generator.train as train
+    from ccis.common.divergence import Diverged
+
+    mse, calls = train.F.mse_loss, []
+
+    def poisoned_on_step_3(*args, **kwargs):
+        calls.append(1)
+        loss = mse(*args, **kwargs)
+        if len(calls) != 3:
+            return loss
+        return loss * float("nan") if what == "loss" else _NanGradient.apply(loss)
+
+    monkeypatch.setattr(train.F, "mse_loss", poisoned_on_step_3)
+    settings = train.TrainSettings(
+        steps=5, batch_size=2, learning_rate=1e-3, checkpoint_every=2, resolution=32
+    )
+    work = tmp_path / "work"
+    expected = rf"diverged at step 3: the {what} is nan.*checkpoint-2 \(step 2, intact\)"
+    with pytest.raises(Diverged, match=expected):
+        train.train_branch("ccis", triplets, base, tmp_path / "out", work, settings,
+                           conditioning_channels=(4, 4, 4, 4))  # fmt: skip
+    assert [p.name for p in (work / "checkpoints").iterdir()] == ["checkpoint-2"]
+    for weights in (work / "checkpoints" / "checkpoint-2").glob("*.safetensors"):
+        assert all(torch.isfinite(v).all() for v in load_file(weights).values())
+    assert pd.read_csv(work / "loss.csv")["step"].tolist() == [1, 2]  # no NaN row
+    assert not (tmp_path / "out").exists()
+
+
 def test_gradient_norm_clipping_bounds_the_update(triplets, base, tmp_path):
     """Clipped to a norm far below Adam's ε, the step nearly vanishes: the clip acts."""
     moved = {}
@@ -164,9 +276,24 @@ def test_synthesis_resumes_after_a_kill(triplets, base, tmp_path):
     proc = subprocess.Popen(
         cmd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    _kill_when(proc, lambda: len(list((images / "images").glob("*.png"))) >= 3)
+    _kill_when(proc, lambda: len(list((images / "images").glob("*.png"))) >= 2)
+    killed = len(list((images / "images").glob("*.png")))
+    # SIGTERM (preemption): the image in hand is finished and written, then exit 75.
+    from ccis.common.preemption import PREEMPTED_EXIT
+
+    proc = subprocess.Popen(cmd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while len(list((images / "images").glob("*.png"))) <= killed and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=240)[1].decode()
+    assert proc.returncode == PREEMPTED_EXIT, stderr[-3000:]
+    assert "stopped on SIGTERM" in stderr
     before = {p.name: p.stat().st_mtime_ns for p in (images / "images").glob("*.png")}
-    assert 3 <= len(before) < 8 and not (tmp_path / "syn.part0.parquet").exists()
+    assert killed < len(before) < 8 and not (tmp_path / "syn.part0.parquet").exists()
+    assert not list(images.rglob(".*.tmp-*"))  # every file written is whole
+    for path in (images / "images").glob("*.png"):
+        assert (images / "masks" / path.name).is_file()
     done = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"{len(before)} done before" in done.stderr

@@ -97,8 +97,13 @@ def test_slurm_profile_dry_run_requests_gpus_for_gpu_rules(micro_workdir):
     # Two GPUs: branch training goes through `accelerate launch`, one process each.
     # (the profile prints shell commands).
     for command in ("train-generator", "train-segmenter"):
-        launch = f"accelerate launch --multi_gpu --num_processes 2 -m ccis.cli {command}"
+        launch = f"exec accelerate launch --multi_gpu --num_processes 2 -m ccis.cli {command}"
         assert launch in log
+    # Trainers get SIGTERM before the time limit (they checkpoint and exit 75) and, through
+    # `exec`, receive it themselves rather than through a shell that would die of it.
+    for rule in ("bootstrap", "train_generator", "synthesize", "train_segmenter"):
+        assert all("--signal=TERM@300" in r for r in jobs.get(rule, [])), rule
+    assert "exec ccis synthesize" in log
 
 
 def test_local_gpu_profile_dry_run(micro_workdir):

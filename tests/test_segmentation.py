@@ -371,27 +371,76 @@ train.train_segmenter("polyp_pvt", "pvt_v2_b0", [sys.argv[1]], sys.argv[2], sys.
                       clip=0.5, seed=3, threads=1)
 """
 
+# SIGTERM (a SLURM preemption) on the first batch of epoch 2 (the 5th loss evaluation: two
+# batches of two scales an epoch), through the ``ccis`` command and its exit code.
+_TERMINATOR = """
+import os, signal, sys
+import ccis.segmentation.train as train
+from ccis.cli import main
+weights, calls = train.boundary_weights, []
+def weights_then_term(*args):
+    calls.append(1)
+    if len(calls) == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return weights(*args)
+train.boundary_weights = weights_then_term
+sys.exit(main(["train-segmenter", "--model", "polyp_pvt", "--backbone", "pvt_v2_b0",
+               "--train", sys.argv[1], "--out", sys.argv[2], "--work", sys.argv[3],
+               "--epochs", "2", "--learning-rate", "1e-3", "--batch-size", "4", "--size", "64",
+               "--scales", "0.5,1.0", "--clip", "0.5", "--seed", "3", "--threads", "1"]))
+"""
 
-def test_a_killed_run_resumes_to_the_same_weights(micro, tmp_path, caplog):
-    args = [str(micro["train"]), str(tmp_path / "out"), str(tmp_path / "work")]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", _KILLER, *args], env=env, capture_output=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
-    assert (tmp_path / "work" / "checkpoints" / "checkpoint-1" / "complete").is_file()
-    assert not (tmp_path / "out").exists()
+
+def test_killed_and_preempted_runs_resume_to_the_same_weights(micro, tmp_path, caplog):
+    from ccis.common.preemption import PREEMPTED_EXIT
 
     kw = dict(TRAIN_KW, learning_rate=1e-3)
-    with caplog.at_level(logging.INFO, logger="ccis"):
-        train_segmenter("polyp_pvt", "pvt_v2_b0", [micro["train"]], tmp_path / "out",
-                        tmp_path / "work", epochs=2, **kw)  # fmt: skip
-    assert "(step 1)" in caplog.text  # resumed from the epoch-1 checkpoint
-    assert pd.read_csv(tmp_path / "out" / "loss.csv")["epoch"].tolist() == [1, 2]
     train_segmenter("polyp_pvt", "pvt_v2_b0", [micro["train"]], tmp_path / "ref",
                     tmp_path / "ref-work", epochs=2, **kw)  # fmt: skip
-    resumed = load_file(tmp_path / "out" / "model.safetensors")
     straight = load_file(tmp_path / "ref" / "model.safetensors")
-    assert resumed.keys() == straight.keys()
-    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # Checkpoints count batches: 8 pairs in batches of 4 are 2 a epoch.
+    for script, code, step in ((_KILLER, -signal.SIGKILL, 2), (_TERMINATOR, PREEMPTED_EXIT, 3)):
+        out, work = tmp_path / f"out{step}", tmp_path / f"work{step}"
+        proc = subprocess.run([sys.executable, "-c", script, str(micro["train"]), str(out),
+                               str(work)], env=env, capture_output=True)  # fmt: skip
+        assert proc.returncode == code, proc.stderr.decode()[-2000:]
+        assert (work / "checkpoints" / f"checkpoint-{step}" / "complete").is_file()
+        assert not out.exists()
+        if step == 3:
+            assert "stopped on SIGTERM" in proc.stderr.decode()
+            assert "Traceback" not in proc.stderr.decode()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ccis"):
+            train_segmenter("polyp_pvt", "pvt_v2_b0", [micro["train"]], out, work, epochs=2,
+                            **kw)  # fmt: skip
+        assert f"(step {step})" in caplog.text
+        assert pd.read_csv(out / "loss.csv")["epoch"].tolist() == [1, 2]
+        resumed = load_file(out / "model.safetensors")
+        assert resumed.keys() == straight.keys()
+        assert all(torch.equal(resumed[k], straight[k]) for k in straight), step
+    # The mid-epoch resume also kept the epoch's losses so far: the same loss log.
+    losses = [pd.read_csv(tmp_path / name / "loss.csv")["loss"] for name in ("out3", "ref")]
+    assert losses[0].tolist() == losses[1].tolist()
+
+
+def test_nan_loss_stops_the_segmenter_before_its_checkpoint(micro, tmp_path, monkeypatch):
+    import ccis.segmentation.train as train
+    from ccis.common.divergence import Diverged
+
+    loss, calls = train.structure_loss, []
+
+    def nan_in_epoch_2(*args):
+        calls.append(1)
+        value = loss(*args)
+        return value * float("nan") if len(calls) > 8 else value  # 4 maps, 2 batches an epoch
+
+    monkeypatch.setattr(train, "structure_loss", nan_in_epoch_2)
+    with pytest.raises(Diverged, match=r"epoch 2, batch 1\) diverged at step 3: the loss is nan"):
+        train_segmenter("pranet", "resnet10t", [micro["train"]], tmp_path / "out",
+                        tmp_path / "work", epochs=2, **dict(TRAIN_KW, scales=(1.0,)))  # fmt: skip
+    assert [p.name for p in (tmp_path / "work" / "checkpoints").iterdir()] == ["checkpoint-2"]
+    assert pd.read_csv(tmp_path / "work" / "loss.csv")["epoch"].tolist() == [1]
 
 
 def test_bad_inputs_name_the_file(tmp_path):

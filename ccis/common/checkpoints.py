@@ -16,6 +16,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ccis.common.atomic import WriteFailed, is_write_error, write_failed
+
 log = logging.getLogger(__name__)
 
 MARKER = "complete"
@@ -47,9 +49,16 @@ def save_checkpoint(
     final = folder / f"checkpoint-{step}"
     tmp = folder / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
-    (tmp / MARKER).write_text(json.dumps({"step": step}))
+    try:
+        tmp.mkdir()
+        write(tmp)
+        (tmp / MARKER).write_text(json.dumps({"step": step}))
+    except Exception as err:
+        # A full disk mid-save: drop the partial folder now (older checkpoints stay whole).
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, WriteFailed) or not is_write_error(err, tmp):
+            raise
+        raise write_failed(final, err, "checkpoint") from err
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for step_old, old in complete_checkpoints(folder)[:-keep]:

@@ -7,18 +7,22 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ccis.common.atomic import atomic_path
+from ccis.common.atomic import atomic_path, write_failed
 
 
 def append_row(path: str | os.PathLike, header: Sequence[str], row: Sequence) -> None:
     """Append ``row`` to the CSV at ``path``, writing ``header`` first if it is new."""
     path = Path(path)
     new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow(header)
-        writer.writerow(row)
+    try:
+        with open(path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(header)
+            writer.writerow(row)
+    except OSError as err:
+        # A row cut short here is dropped by trim_rows when the run resumes.
+        raise write_failed(path, err) from err
 
 
 def trim_rows(path: str | os.PathLike, last: int) -> None:

@@ -27,6 +27,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         sources=sources,
         on_bad_pair=args.on_bad_pair,
         empty_masks=args.empty_masks,
+        suspicious_masks=args.suspicious_masks,
         max_pixels=args.max_pixels,
         workers=args.workers,
     )
@@ -43,7 +44,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register this stage's sub-commands on the ``ccis`` parser."""
     from ccis.data.layouts import LAYOUTS
     from ccis.data.phantom import render_phantom
-    from ccis.data.prepare import EMPTY_MASKS, ON_BAD, prepare_split
+    from ccis.data.prepare import EMPTY_MASKS, ON_BAD, SUSPICIOUS_MASKS, prepare_split
     from ccis.data.sheet import contact_sheet
 
     split = defaults_of(prepare_split)
@@ -78,6 +79,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     real.add_argument("--on-bad-pair", choices=ON_BAD, default=split["on_bad_pair"])
     real.add_argument("--empty-masks", choices=EMPTY_MASKS, default=split["empty_masks"])
+    real.add_argument(
+        "--suspicious-masks",
+        choices=SUSPICIOUS_MASKS,
+        default=split["suspicious_masks"],
+        help="masks covering ≥90%% of the frame, specks < 0.1%%, or cut by all four borders",
+    )
     real.add_argument("--max-pixels", type=int, default=split["max_pixels"])
     prep.add_argument(
         "--workers", type=int, default=split["workers"], help="worker processes (%(default)s)"

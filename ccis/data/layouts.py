@@ -8,11 +8,14 @@ data-set root) instead of stopping at the first.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -123,11 +126,19 @@ def make_id(source: str, stem: str) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    """The image files of ``folder``; any other file is logged by name and left out."""
+    images, stray = [], []
+    for p in folder.iterdir():
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+            images.append(p)
+        elif not p.is_dir():
+            stray.append(p.name)
+    if stray:
+        log.warning(
+            "%s: ignored %d file(s) that are not images (%s): %s",
+            folder, len(stray), "/".join(sorted(IMAGE_SUFFIXES)), ", ".join(sorted(stray)),
+        )  # fmt: skip
+    return sorted(images)
 
 
 def _escapes(path: Path, root: Path) -> bool:
@@ -207,7 +218,7 @@ def discover(
         return {stem: group[0] for stem, group in by_stem.items() if len(group) == 1}
 
     image_files = _files(image_dir)
-    mask_files = _files(mask_dir)
+    mask_files = _files(mask_dir) if mask_dir != image_dir else []  # (stray files: log once)
     if image_dir == mask_dir:  # one flat folder: masks are the prefixed files
         mask_set = {
             p

@@ -22,7 +22,7 @@ from ccis.common.atomic import atomic_dir, remove_stale_temporaries
 from ccis.common.hashing import sha256_bytes
 from ccis.common.images import encode_png
 from ccis.data.layouts import Problem, RawPair, discover
-from ccis.data.manifest import mask_statistics, write_manifest
+from ccis.data.manifest import mask_statistics, mask_suspicions, write_manifest
 from ccis.data.phantom import CENTRES, render_phantom
 from ccis.data.readers import DEFAULT_MAX_PIXELS, PairError, read_image, read_mask
 
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 ON_BAD = ("error", "skip")
 EMPTY_MASKS = ("keep", "drop", "error")
+SUSPICIOUS_MASKS = ("keep", "drop", "error")
+SUSPICIOUS = "suspicious mask"  # the prefix of these notes in the manifest
 
 
 class DatasetError(ValueError):
@@ -125,6 +127,7 @@ def _real_job(args: tuple[RawPair, str, str, int]) -> dict | Problem:
         return Problem(pair.mask, f"mask is {mw}×{mh} but its image {pair.image.name} is {iw}×{ih}")
     row = _write_pair(Path(folder), split, pair.id, image.array, mask.array)
     notes = [f"image: {n}" for n in image.notes] + [f"mask: {n}" for n in mask.notes]
+    notes += [f"{SUSPICIOUS}: {n}" for n in mask_suspicions(mask.array)]
     row.update(
         source=pair.source,
         original_image=str(pair.image),
@@ -180,6 +183,7 @@ def prepare_split(
     sources: Sequence[SourceSpec] = (),
     on_bad_pair: str = "error",
     empty_masks: str = "keep",
+    suspicious_masks: str = "keep",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 1,
 ) -> Path:
@@ -187,7 +191,10 @@ def prepare_split(
 
     Exactly one of ``phantom`` and ``sources`` is given. ``on_bad_pair`` is ``error``
     (stop, listing every bad file) or ``skip`` (leave them out, logged); ``empty_masks``
-    is ``keep`` (polyp-free frames are valid negatives), ``drop`` or ``error``.
+    is ``keep`` (polyp-free frames are valid negatives), ``drop`` or ``error``;
+    ``suspicious_masks`` (whole-frame masks, specks, a region cut by all four borders:
+    :func:`ccis.data.manifest.mask_suspicions`) is ``keep`` (flagged in the notes and the
+    log), ``drop`` or ``error``.
     """
     if (phantom is None) == (not sources):
         raise ValueError("give either a phantom spec or at least one source")
@@ -195,6 +202,10 @@ def prepare_split(
         raise ValueError(f"on_bad_pair must be one of {ON_BAD}, got {on_bad_pair!r}")
     if empty_masks not in EMPTY_MASKS:
         raise ValueError(f"empty_masks must be one of {EMPTY_MASKS}, got {empty_masks!r}")
+    if suspicious_masks not in SUSPICIOUS_MASKS:
+        raise ValueError(
+            f"suspicious_masks must be one of {SUSPICIOUS_MASKS}, got {suspicious_masks!r}"
+        )
     out = Path(out)
     manifest = out / f"{split}.parquet"
     for stale in remove_stale_temporaries(out, split) + remove_stale_temporaries(
@@ -246,6 +257,7 @@ def prepare_split(
             )
         if empty and empty_masks == "drop":
             rows = _drop_rows(rows, {r["id"] for r in empty}, folder)
+        rows = _judge_suspicious(split, rows, suspicious_masks, folder)
         noted = [r for r in rows if r.get("notes")]
         for row in noted:
             log.info("%s: %s", row["id"], row["notes"])
@@ -267,3 +279,22 @@ def _drop_rows(rows: list[dict], ids: set[str], folder: Path) -> list[dict]:
         (folder / "images" / f"{pair_id}.png").unlink(missing_ok=True)
         (folder / "masks" / f"{pair_id}.png").unlink(missing_ok=True)
     return [row for row in rows if row["id"] not in ids]
+
+
+def _judge_suspicious(split: str, rows: list[dict], policy: str, folder: Path) -> list[dict]:
+    """Apply ``data.suspicious_masks`` to the rows whose notes flag their mask."""
+    flagged = {
+        r["id"]: [n for n in r["notes"].split("; ") if n.startswith(SUSPICIOUS)]
+        for r in rows
+        if r.get("notes") and SUSPICIOUS in r["notes"]
+    }
+    if not flagged:
+        return rows
+    where = {r["id"]: r.get("original_mask") or r["id"] for r in rows}
+    listed = [f"{where[i]}: {'; '.join(n[len(SUSPICIOUS) + 2 :] for n in notes)}"
+              for i, notes in sorted(flagged.items())]  # fmt: skip
+    if policy == "error":
+        raise DatasetError(split, [f"{line} (data.suspicious_masks: error)" for line in listed])
+    verb = "dropped" if policy == "drop" else "kept, flagged in the manifest notes"
+    log.warning("%d suspicious mask(s) %s:\n  %s", len(flagged), verb, "\n  ".join(listed))
+    return _drop_rows(rows, set(flagged), folder) if policy == "drop" else rows

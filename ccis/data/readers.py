@@ -22,6 +22,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MASK_THRESHOLD = 128
 # Masks whose pixels are mostly neither dark nor bright are not masks at all.
 MAX_GREY_FRACTION = 0.2
+EXIF_ORIENTATION = 0x0112
 
 
 class PairError(ValueError):
@@ -87,11 +88,27 @@ def _to_array(img: Image.Image) -> tuple[np.ndarray, list[str]]:
     return np.asarray(img), notes
 
 
+def _orientation_notes(img: Image.Image) -> list[str]:
+    """A note when the file carries an EXIF orientation other than "as stored" (1).
+
+    Pixels are always read as stored, never rotated: the image and its mask must stay
+    aligned, and the reference loaders (PIL, OpenCV's IMREAD_UNCHANGED) do not rotate
+    either. A viewer that honours the tag shows the file turned.
+    """
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not worth refusing a frame
+        return []
+    if orientation in (None, 1):
+        return []
+    return [f"EXIF orientation {orientation} ignored: pixels read as stored"]
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Decode a colonoscopy frame as an RGB uint8 array."""
+    """Decode a colonoscopy frame as an RGB uint8 array (as stored; EXIF rotation noted)."""
     path = Path(path)
     img = _open_checked(path, max_pixels)
-    notes: list[str] = []
+    notes: list[str] = _orientation_notes(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         notes.append(f"{img.mode} image: alpha channel dropped")
     if img.mode not in ("RGB", "L") and not img.mode.startswith("I"):
@@ -119,7 +136,7 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     """
     path = Path(path)
     img = _open_checked(path, max_pixels)
-    notes: list[str] = []
+    notes: list[str] = _orientation_notes(img)
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):

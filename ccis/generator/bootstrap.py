@@ -25,6 +25,8 @@ from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir
 from ccis.common.checkpoints import resume_from, save_checkpoint
+from ccis.common.divergence import check_finite, gradient_norm
+from ccis.common.preemption import stop_requests
 from ccis.common.provenance import claim, fingerprint
 from ccis.diffusion.presets import tiny_components
 from ccis.generator.data import TripletData, batch_indices
@@ -106,53 +108,67 @@ def bootstrap_base(
     # The VAE is frozen once the UNet phase starts: encode every image once, not per step
     # (on the phase's first step, which is also the first step of a run resumed past it).
     posteriors = None
-    for step in tqdm(
-        range(start, total), initial=start, total=total, desc="bootstrap", mininterval=2
-    ):
-        g = step_generator(settings.seed, step)
-        indices = batch_indices(step, settings.batch_size, len(data), settings.seed)
-        images, masks, captions = data.batch(indices)
-        if step < settings.vae_steps:
-            posterior = vae.encode(images).latent_dist
-            recon = vae.decode(posterior.sample(generator=g)).sample
-            loss = _weighted_mean((recon - images).abs(), masks, settings.polyp_weight)
-            loss = loss + 1e-6 * posterior.kl().mean()
-            vae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            vae_opt.step()
-        else:
-            if posteriors is None:
-                posteriors = _posteriors(vae, data)
-            means, stds, scale = posteriors
-            mean, std = means[indices], stds[indices]
-            latents = (mean + std * torch.randn(mean.shape, generator=g)) * scale
-            drop = torch.rand(len(captions), generator=g) < settings.empty_prompt_probability
-            prompts = ["" if d else c for d, c in zip(drop.tolist(), captions, strict=True)]
-            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids  # fmt: skip
-            noise = torch.randn(latents.shape, generator=g)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(prompts),), generator=g)
-            pred = unet(
-                scheduler.add_noise(latents, noise, t),
-                t,
-                encoder_hidden_states=text_encoder(ids)[0],
-            ).sample
-            cells = F.interpolate(masks, size=latents.shape[-2:], mode="area")
-            loss = _weighted_mean((pred - noise).square(), cells, settings.polyp_weight)
-            gen_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gen_opt.step()
-        done = step + 1
-        if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < total:
-            save_checkpoint(work / "checkpoints", done, write)
-        if done in (settings.vae_steps, total) or done % 250 == 0:
-            log.info(
-                "step %d/%d (%s): loss %.4f",
-                done,
-                total,
-                "vae" if done <= settings.vae_steps else "unet",
-                loss.item(),
-            )
+    with stop_requests() as stop:
+        for step in tqdm(
+            range(start, total), initial=start, total=total, desc="bootstrap", mininterval=2
+        ):
+            g = step_generator(settings.seed, step)
+            indices = batch_indices(step, settings.batch_size, len(data), settings.seed)
+            images, masks, captions = data.batch(indices)
+            if step < settings.vae_steps:
+                posterior = vae.encode(images).latent_dist
+                recon = vae.decode(posterior.sample(generator=g)).sample
+                loss = _weighted_mean((recon - images).abs(), masks, settings.polyp_weight)
+                loss = loss + 1e-6 * posterior.kl().mean()
+                vae_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                _check(loss, vae.parameters(), step + 1, work / "checkpoints")
+                vae_opt.step()
+            else:
+                if posteriors is None:
+                    posteriors = _posteriors(vae, data)
+                means, stds, scale = posteriors
+                mean, std = means[indices], stds[indices]
+                latents = (mean + std * torch.randn(mean.shape, generator=g)) * scale
+                drop = torch.rand(len(captions), generator=g) < settings.empty_prompt_probability
+                prompts = ["" if d else c for d, c in zip(drop.tolist(), captions, strict=True)]
+                ids = tokenizer(prompts, padding="max_length",
+                                max_length=tokenizer.model_max_length, truncation=True,
+                                return_tensors="pt").input_ids  # fmt: skip
+                noise = torch.randn(latents.shape, generator=g)
+                t = torch.randint(
+                    0, scheduler.config.num_train_timesteps, (len(prompts),), generator=g
+                )
+                pred = unet(
+                    scheduler.add_noise(latents, noise, t),
+                    t,
+                    encoder_hidden_states=text_encoder(ids)[0],
+                ).sample
+                cells = F.interpolate(masks, size=latents.shape[-2:], mode="area")
+                loss = _weighted_mean((pred - noise).square(), cells, settings.polyp_weight)
+                gen_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                _check(
+                    loss,
+                    [*unet.parameters(), *text_encoder.parameters()],
+                    step + 1,
+                    work / "checkpoints",
+                )
+                gen_opt.step()
+            done = step + 1
+            scheduled = settings.checkpoint_every and done % settings.checkpoint_every == 0
+            if done < total and (scheduled or stop):  # stop: SIGTERM/SIGUSR1 (preemption)
+                saved = save_checkpoint(work / "checkpoints", done, write)
+                if stop:
+                    raise stop.stop("bootstrap", saved)
+            if done in (settings.vae_steps, total) or done % 250 == 0:
+                log.info(
+                    "step %d/%d (%s): loss %.4f",
+                    done,
+                    total,
+                    "vae" if done <= settings.vae_steps else "unet",
+                    loss.item(),
+                )
 
     if posteriors is None:
         posteriors = _posteriors(vae, data)
@@ -167,6 +183,12 @@ def bootstrap_base(
         pipe.save_pretrained(tmp)
     log.info("wrote the tiny base to %s", out)
     return out
+
+
+def _check(loss: torch.Tensor, parameters, step: int, checkpoints: Path) -> None:
+    """Stop before an optimiser step with a non-finite loss or gradient (no NaN checkpoint)."""
+    check_finite(loss, "loss", "bootstrap", step, checkpoints)
+    check_finite(gradient_norm(parameters), "gradient norm", "bootstrap", step, checkpoints)
 
 
 def _weighted_mean(error: torch.Tensor, masks: torch.Tensor, weight: float) -> torch.Tensor:

@@ -24,6 +24,7 @@ from ccis.common.atomic import write_bytes_atomic
 from ccis.common.device import default_device
 from ccis.common.hashing import sha256_bytes
 from ccis.common.images import encode_png, read_gray
+from ccis.common.preemption import stop_requests
 from ccis.common.provenance import claim, fingerprint
 from ccis.data.manifest import mask_statistics, write_manifest
 from ccis.diffusion.pipeline import CCISPipeline
@@ -86,33 +87,44 @@ def synthesize(
     )  # fmt: skip
     if todo:
         pipe = load_pipeline(base, branch)
-        for start in tqdm(
-            range(0, len(todo), batch_size), desc=f"synthesize {generator}", unit="batch"
-        ):
-            chunk = todo[start : start + batch_size]
-            masks, originals = [], []
-            for k in chunk:
-                original, mask = condition_mask(
-                    triplets.parent / part.at[k, "mask"], resolution, triplets, part.at[k, "id"]
-                )
-                originals.append(original)
-                masks.append(mask)
-            # The seed follows the image, not the batch: a resumed run draws the same images.
-            seeds = [seed + shard[0] + k * shard[1] for k in chunk]
-            with torch.no_grad():
-                prompts = [part.at[k, "caption"] for k in chunk]
-                images = pipe(
-                    prompts, masks, num_inference_steps=steps, guidance_scale=guidance_scale,
-                    seed=seeds, progress=False,
-                )  # fmt: skip
-            for k, image, original in zip(chunk, images, originals, strict=True):
-                h, w = original.shape
-                rgb = cv2.resize(
-                    (image * 255).round().astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC
-                )
-                # Mask first: an image file present means its pair is complete.
-                write_bytes_atomic(images_dir / "masks" / f"{ids[k]}.png", encode_png(original))
-                write_bytes_atomic(images_dir / "images" / f"{ids[k]}.png", encode_png(rgb))
+        # SIGTERM/SIGUSR1 (preemption) lets the batch in hand finish and be written.
+        with stop_requests() as stop:
+            for start in tqdm(
+                range(0, len(todo), batch_size), desc=f"synthesize {generator}", unit="batch"
+            ):
+                chunk = todo[start : start + batch_size]
+                masks, originals = [], []
+                for k in chunk:
+                    original, mask = condition_mask(
+                        triplets.parent / part.at[k, "mask"], resolution, triplets, part.at[k, "id"]
+                    )
+                    originals.append(original)
+                    masks.append(mask)
+                # The seed follows the image, not the batch: a resumed run draws the same images.
+                seeds = [seed + shard[0] + k * shard[1] for k in chunk]
+                with torch.no_grad():
+                    prompts = [part.at[k, "caption"] for k in chunk]
+                    images = pipe(
+                        prompts, masks, num_inference_steps=steps, guidance_scale=guidance_scale,
+                        seed=seeds, progress=False,
+                    )  # fmt: skip
+                for k, image, original in zip(chunk, images, originals, strict=True):
+                    h, w = original.shape
+                    rgb = cv2.resize(
+                        (image * 255).round().astype(np.uint8),
+                        (w, h),
+                        interpolation=cv2.INTER_CUBIC,
+                    )
+                    # Mask first: an image file present means its pair is complete.
+                    write_bytes_atomic(images_dir / "masks" / f"{ids[k]}.png", encode_png(original))
+                    write_bytes_atomic(images_dir / "images" / f"{ids[k]}.png", encode_png(rgb))
+                written = start + len(chunk)
+                if stop and written < len(todo):
+                    raise stop.stop(
+                        f"synthesis shard {shard[0]}/{shard[1]} ({written} of {len(todo)} "
+                        f"images written to {images_dir})",
+                        None,
+                    )
 
     rows = []
     for k, pair_id in enumerate(ids):

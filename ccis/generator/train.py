@@ -10,6 +10,7 @@ every randomness is a function of (seed, step), so a resumed run continues the s
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -20,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ccis.common.atomic import atomic_dir
+from ccis.common.atomic import atomic_dir, write_bytes_atomic
 from ccis.common.checkpoints import resume_from, save_checkpoint
+from ccis.common.divergence import check_finite, describe_skips
+from ccis.common.images import encode_png
 from ccis.common.loss_log import append_row, trim_rows
+from ccis.common.preemption import stop_requests
 from ccis.common.provenance import claim, fingerprint
 from ccis.diffusion.bmws import BLUR_SIGMA
 from ccis.diffusion.branch import takes_text_masks
@@ -163,74 +167,94 @@ def train_branch(
     blocks = 0 if start_lambdas is None else len(start_lambdas)
     columns = ("step", "loss", *(f"lambda_{i}" for i in range(blocks)))
 
-    progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
-                    desc=f"train {kind}", disable=not accelerator.is_main_process)  # fmt: skip
-    for step in progress:
-        total = 0.0
-        for micro in range(settings.gradient_accumulation):
-            global_micro = step * settings.gradient_accumulation + micro
-            indices = batch_indices(
-                global_micro, settings.batch_size * world, len(data), settings.seed
-            )
-            images, masks, captions = data.batch(indices[rank::world])
-            g = step_generator(settings.seed, global_micro, rank)
-            drop = torch.rand(len(captions), generator=g) < settings.empty_prompt_probability
-            prompts = ["" if d else c for d, c in zip(drop.tolist(), captions, strict=True)]
-            tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt")  # fmt: skip
-            with torch.no_grad():
-                posterior = vae.encode(images.to(device, weight_dtype)).latent_dist
-                latents = posterior.sample(generator=g) * scaling
-                text = text_encoder(tokens.input_ids.to(device))[0]
-            noise = torch.randn(latents.shape, generator=g).to(device, latents.dtype)
-            timesteps = torch.randint(
-                0, scheduler.config.num_train_timesteps, (len(prompts),), generator=g
-            ).to(device)
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-            key_mask = tokens.attention_mask.bool().to(device)
-            extra = {"text_key_mask": key_mask} if takes_masks else {}
-            with accelerator.accumulate(branch), accelerator.autocast():
-                down, mid = branch(
-                    noisy, timesteps, text, masks.to(device), return_dict=False, **extra
+    # fp16 runs under a dynamic loss scaler, which skips steps with inf gradients (counted).
+    scaled, skipped = settings.mixed_precision == "fp16", 0
+    with stop_requests() as stop:
+        progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
+                        desc=f"train {kind}", disable=not accelerator.is_main_process)  # fmt: skip
+        for step in progress:
+            total = 0.0
+            for micro in range(settings.gradient_accumulation):
+                global_micro = step * settings.gradient_accumulation + micro
+                indices = batch_indices(
+                    global_micro, settings.batch_size * world, len(data), settings.seed
                 )
-                pred = unet(
-                    noisy, timesteps, encoder_hidden_states=text,
-                    down_block_additional_residuals=[r.to(weight_dtype) for r in down],
-                    mid_block_additional_residual=mid.to(weight_dtype),
-                ).sample  # fmt: skip
-                loss = F.mse_loss(pred.float(), noise.float())
-                accelerator.backward(loss)
-                if settings.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(branch.parameters(), settings.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            mean = accelerator.reduce(loss.detach(), reduction="mean")  # over processes
-            total += mean.item() / settings.gradient_accumulation
-        done = step + 1
-        if accelerator.is_main_process:
-            values = unwrapped.taam_lambdas().detach().tolist() if blocks else []
-            append_row(loss_log, columns, (done, f"{total:.6f}", *(f"{v:.6f}" for v in values)))
-            progress.set_postfix(loss=f"{total:.4f}")
-        if (
-            settings.checkpoint_every
-            and done % settings.checkpoint_every == 0
-            and done < settings.steps
-        ):
-            accelerator.wait_for_everyone()
+                images, masks, captions = data.batch(indices[rank::world])
+                g = step_generator(settings.seed, global_micro, rank)
+                drop = torch.rand(len(captions), generator=g) < settings.empty_prompt_probability
+                prompts = ["" if d else c for d, c in zip(drop.tolist(), captions, strict=True)]
+                tokens = tokenizer(prompts, padding="max_length",
+                                   max_length=tokenizer.model_max_length, truncation=True,
+                                   return_tensors="pt")  # fmt: skip
+                with torch.no_grad():
+                    posterior = vae.encode(images.to(device, weight_dtype)).latent_dist
+                    latents = posterior.sample(generator=g) * scaling
+                    text = text_encoder(tokens.input_ids.to(device))[0]
+                noise = torch.randn(latents.shape, generator=g).to(device, latents.dtype)
+                timesteps = torch.randint(
+                    0, scheduler.config.num_train_timesteps, (len(prompts),), generator=g
+                ).to(device)
+                noisy = scheduler.add_noise(latents, noise, timesteps)
+                key_mask = tokens.attention_mask.bool().to(device)
+                extra = {"text_key_mask": key_mask} if takes_masks else {}
+                with accelerator.accumulate(branch), accelerator.autocast():
+                    down, mid = branch(
+                        noisy, timesteps, text, masks.to(device), return_dict=False, **extra
+                    )
+                    pred = unet(
+                        noisy, timesteps, encoder_hidden_states=text,
+                        down_block_additional_residuals=[r.to(weight_dtype) for r in down],
+                        mid_block_additional_residual=mid.to(weight_dtype),
+                    ).sample  # fmt: skip
+                    loss = F.mse_loss(pred.float(), noise.float())
+                    accelerator.backward(loss)
+                    # Checked before the optimiser step, so no NaN reaches the weights that a
+                    # checkpoint could save (every process sees the same reduced values).
+                    mean = accelerator.reduce(loss.detach(), reduction="mean")  # over processes
+                    check_finite(mean, "loss", f"training {kind}", step + 1, checkpoints)
+                    if accelerator.sync_gradients:
+                        # No clip (0) is a clip at inf: grads × 1, and the norm to check.
+                        norm = accelerator.clip_grad_norm_(
+                            branch.parameters(), settings.max_grad_norm or math.inf
+                        )
+                        if not scaled:  # fp16's scaler skips inf-gradient steps itself
+                            check_finite(
+                                norm, "gradient norm", f"training {kind}", step + 1, checkpoints
+                            )
+                    optimizer.step()
+                    if accelerator.sync_gradients and accelerator.optimizer_step_was_skipped:
+                        skipped += 1
+                    optimizer.zero_grad(set_to_none=True)
+                total += mean.item() / settings.gradient_accumulation
+            done = step + 1
             if accelerator.is_main_process:
-                save_checkpoint(checkpoints, done, accelerator.save_state)
-        if (
-            settings.validate_every
-            and done % settings.validate_every == 0
-            and accelerator.is_main_process
-        ):
-            _validate(
-                accelerator.unwrap_model(branch),
-                parts,
-                data,
-                work / "validation" / f"step-{done}.png",
-            )
+                values = unwrapped.taam_lambdas().detach().tolist() if blocks else []
+                append_row(loss_log, columns, (done, f"{total:.6f}", *(f"{v:.6f}" for v in values)))
+                progress.set_postfix(loss=f"{total:.4f}")
+            # A stop request (SIGTERM, SIGUSR1) checkpoints this step, whatever the schedule.
+            stopping = done < settings.steps and stop.agreed(accelerator)
+            scheduled = settings.checkpoint_every and done % settings.checkpoint_every == 0
+            if done < settings.steps and (scheduled or stopping):
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    save_checkpoint(checkpoints, done, accelerator.save_state)
+                if stopping:
+                    accelerator.wait_for_everyone()
+                    raise stop.stop(f"training {kind}", checkpoints / f"checkpoint-{done}")
+            if (
+                settings.validate_every
+                and done % settings.validate_every == 0
+                and accelerator.is_main_process
+            ):
+                _validate(
+                    accelerator.unwrap_model(branch),
+                    parts,
+                    data,
+                    work / "validation" / f"step-{done}.png",
+                )
 
+    if message := describe_skips(skipped, settings.steps - start, settings.mixed_precision):
+        log.warning("%s", message)
     accelerator.wait_for_everyone()
     out = Path(out)
     if accelerator.is_main_process:
@@ -278,8 +302,6 @@ def _validate(branch, parts: dict, data: TripletData, png: Path, count: int = 4)
                   guidance_scale=7.0, seed=0, progress=False)  # fmt: skip
     rows = [np.hstack([np.repeat(m[..., None], 3, axis=2), (img * 255).round().astype(np.uint8)])
             for m, img in zip(masks, images, strict=True)]  # fmt: skip
-    png.parent.mkdir(parents=True, exist_ok=True)
-    import cv2
-
-    cv2.imwrite(str(png), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+    # (cv2.imwrite only returns False on a full disk: write the bytes ourselves, atomically.)
+    write_bytes_atomic(png, encode_png(np.vstack(rows)))
     branch.train()

@@ -36,7 +36,9 @@ from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir
 from ccis.common.checkpoints import resume_from, save_checkpoint
+from ccis.common.divergence import check_finite, gradient_norm
 from ccis.common.loss_log import append_row, trim_rows
+from ccis.common.preemption import stop_requests
 from ccis.common.provenance import claim, fingerprint
 from ccis.segmentation.data import SegmentationData, epoch_batches, rescale, scale_sizes
 from ccis.segmentation.loss import LOSSES, boundary_weights, structure_loss
@@ -49,6 +51,8 @@ WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.pt"
 CONFIG = "config.json"
 LOSS_LOG = "loss.csv"
+POSITION = "position.json"
+RNG = "rng.pt"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
@@ -118,6 +122,7 @@ def train_segmenter(
         optimizer=entry.optimizer,
         pretrained_file=str(pretrained_file) if pretrained_file else None,
         loss=loss, soft_masks=soft_masks, repeat=repeat,
+        checkpoint_unit="batch",  # (was "epoch": such old work folders are started afresh)
     )  # fmt: skip
     # Epochs may be raised to train on; anything else changes the run, so clear old work.
     inputs = manifests + ([Path(pretrained_file)] if pretrained_file else [])
@@ -151,66 +156,113 @@ def train_segmenter(
         world,
     )  # fmt: skip
 
+    # Checkpoints are numbered in batches (``epoch * per_epoch + batch``): one is written at
+    # the end of every epoch and, on a stop request (SIGTERM, SIGUSR1), after the batch in
+    # hand. A mid-epoch one also keeps the epoch's losses so far and the RNG state (drop
+    # path draws from it), so the rest of the epoch continues exactly.
+    per_epoch = len(epoch_batches(count, batch_size, seed, 0))
+    position: dict = {"losses": [], "seconds": 0.0}
+    resumed_rng: dict = {}
+
     def write(folder: Path) -> None:
         save_file(_cpu_state(net), folder / WEIGHTS)
         torch.save(optimizer.state_dict(), folder / OPTIMIZER)
+        (folder / POSITION).write_text(json.dumps(position))
+        torch.save(_rng_state(), folder / RNG)
 
     def load(folder: Path) -> None:
         net.load_state_dict(load_file(folder / WEIGHTS))
         optimizer.load_state_dict(torch.load(folder / OPTIMIZER, weights_only=True))
+        position.update(json.loads((folder / POSITION).read_text()))
+        resumed_rng.update(torch.load(folder / RNG, weights_only=True))
 
     checkpoints = work / "checkpoints"
-    start = resume_from(checkpoints, load)
+    start_step = resume_from(checkpoints, load)
+    start, skip = divmod(start_step, per_epoch)  # whole epochs done, batches of the next
     loss_log = work / LOSS_LOG
     if accelerator.is_main_process:
         trim_rows(loss_log, start)
     accelerator.wait_for_everyone()
     if start >= epochs:
         log.info("%s already holds epoch %d of %d", checkpoints, start, epochs)
+    elif skip:
+        log.info("continuing epoch %d at batch %d of %d", start + 1, skip + 1, per_epoch)
 
-    per_epoch = len(epoch_batches(count, batch_size, seed, 0))
     progress = tqdm(
-        total=epochs * per_epoch, initial=min(start, epochs) * per_epoch,
+        total=epochs * per_epoch, initial=min(start_step, epochs * per_epoch),
         desc=f"train {model_name}", unit="batch", disable=not accelerator.is_main_process,
     )  # fmt: skip
-    for epoch in range(start, epochs):
-        began = time.perf_counter()
-        torch.manual_seed(epoch_seed(seed, epoch))
-        model.train()
-        losses = []
-        for positions in epoch_batches(count, batch_size, seed, epoch):
-            indices = positions % len(data)
-            # (a last batch smaller than the process count repeats an image on some)
-            mine = indices[rank::world] if len(indices) >= world else indices[:1]
-            images, masks = data.batch(mine)
-            for step_size in sizes:  # one optimiser step per scale, as the references
-                x, m = (t.to(device) for t in rescale(images, masks, step_size))
-                weights = boundary_weights(m)  # shared by the output maps
-                total = sum(structure_loss(logits, m, weights, loss) for logits in model(x))
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(total)
-                accelerator.clip_grad_value_(model.parameters(), clip)
-                optimizer.step()
-                losses.append(float(accelerator.reduce(total.detach(), reduction="mean")))
-            progress.update()
-            progress.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
-        seconds = time.perf_counter() - began
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            append_row(
-                loss_log,
-                ("epoch", "loss", "seconds"),
-                (epoch + 1, f"{np.mean(losses):.6f}", f"{seconds:.2f}"),
-            )
-            save_checkpoint(checkpoints, epoch + 1, write, keep=1)
-        accelerator.wait_for_everyone()
-        log.info("epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, epochs, np.mean(losses), seconds)
+    with stop_requests() as stop:
+        for epoch in range(start, epochs):
+            began = time.perf_counter()
+            torch.manual_seed(epoch_seed(seed, epoch))
+            model.train()
+            losses, seconds_before, first = [], 0.0, 0
+            if epoch == start and skip:
+                _set_rng_state(resumed_rng)
+                losses, seconds_before, first = position["losses"], position["seconds"], skip
+            batches = epoch_batches(count, batch_size, seed, epoch)
+            for b, positions in enumerate(batches[first:], start=first):
+                indices = positions % len(data)
+                # (a last batch smaller than the process count repeats an image on some)
+                mine = indices[rank::world] if len(indices) >= world else indices[:1]
+                images, masks = data.batch(mine)
+                for step_size in sizes:  # one optimiser step per scale, as the references
+                    x, m = (t.to(device) for t in rescale(images, masks, step_size))
+                    weights = boundary_weights(m)  # shared by the output maps
+                    total = sum(structure_loss(logits, m, weights, loss) for logits in model(x))
+                    optimizer.zero_grad(set_to_none=True)
+                    accelerator.backward(total)
+                    # Before the step: a NaN must reach no weight a checkpoint could save. The
+                    # value clamp keeps NaN, so the clamped gradients show it too.
+                    mean = accelerator.reduce(total.detach(), reduction="mean")
+                    accelerator.clip_grad_value_(model.parameters(), clip)
+                    here = (f"training {model_name} (epoch {epoch + 1}, batch {b + 1})",
+                            epoch * per_epoch + b + 1, checkpoints)  # fmt: skip
+                    check_finite(mean, "loss", *here)
+                    check_finite(gradient_norm(model.parameters()), "gradient norm", *here)
+                    optimizer.step()
+                    losses.append(float(mean))
+                progress.update()
+                progress.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
+                if b + 1 < len(batches) and stop.agreed(accelerator):
+                    done = epoch * per_epoch + b + 1
+                    position.update(
+                        losses=losses, seconds=seconds_before + time.perf_counter() - began
+                    )
+                    accelerator.wait_for_everyone()
+                    if accelerator.is_main_process:
+                        save_checkpoint(checkpoints, done, write, keep=1)
+                    accelerator.wait_for_everyone()
+                    raise stop.stop(
+                        f"training {model_name} (epoch {epoch + 1}, batch {b + 1} of "
+                        f"{len(batches)})",
+                        checkpoints / f"checkpoint-{done}",
+                    )
+            seconds = seconds_before + time.perf_counter() - began
+            position.update(losses=[], seconds=0.0)  # an epoch-end checkpoint needs neither
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                append_row(
+                    loss_log,
+                    ("epoch", "loss", "seconds"),
+                    (epoch + 1, f"{np.mean(losses):.6f}", f"{seconds:.2f}"),
+                )
+                save_checkpoint(checkpoints, (epoch + 1) * per_epoch, write, keep=1)
+            accelerator.wait_for_everyone()
+            log.info("epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, epochs, np.mean(losses), seconds)
+            if epoch + 1 < epochs and stop.agreed(accelerator):
+                raise stop.stop(
+                    f"training {model_name} (after epoch {epoch + 1})",
+                    checkpoints / f"checkpoint-{(epoch + 1) * per_epoch}",
+                )
     progress.close()
 
     # The run may have stopped at a later epoch before (epochs lowered): use its weights.
     final = max(start, epochs)
     config = dict(settings, epochs=final, train_manifests=[str(m) for m in manifests],
                   train_pairs=len(data), steps_per_epoch=per_epoch * len(sizes))  # fmt: skip
+    config.pop("checkpoint_unit")  # how work is stored, not what the model is
     if not accelerator.is_main_process:
         return out
     with atomic_dir(out) as tmp:
@@ -224,3 +276,17 @@ def train_segmenter(
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _rng_state() -> dict[str, object]:
+    """Torch's CPU (and CUDA) random state, for a checkpoint taken in mid-epoch."""
+    state: dict[str, object] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
