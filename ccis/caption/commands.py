@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ccis.common.arguments import defaults_of, given
+from ccis.common.arguments import given
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,10 @@ def _cmd_tiny_gguf(args: argparse.Namespace) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register this stage's sub-commands on the ``ccis`` parser."""
-    from ccis.caption.stage import caption_manifest
+    # caption_manifest's default budget, without importing the stage (pandas, OpenCV)
+    # at every start of `ccis`.
+    from ccis.caption.tokens import CLIP_CONTEXT
 
-    stage = defaults_of(caption_manifest)
     cap = sub.add_parser(
         "caption",
         help="measure attributes and caption a split's pairs (one shard)",
@@ -70,7 +71,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cap.add_argument("--seed", type=int, default=0, help="phrase variation / sampling seed")
     cap.add_argument("--shard", default="0/1", help="I/N: caption every N-th pair from I")
     cap.add_argument(
-        "--max-tokens", type=int, default=stage["max_tokens"],
+        "--max-tokens", type=int, default=CLIP_CONTEXT,
         help="text-encoder token budget (%(default)s)",
     )  # fmt: skip
     cap.add_argument(

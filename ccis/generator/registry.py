@@ -21,9 +21,10 @@ ControlNet is the same class with all three off (numerically diffusers' model).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import dataclass, field
+
+from ccis.common.dotted import import_target
 
 CCIS_BRANCH = "ccis.diffusion.model:CCISControlNetModel"
 
@@ -124,10 +125,7 @@ def short_label(name: str) -> str:
     return REGISTRY[name].short if name in REGISTRY else name
 
 
-def resolve(target: str) -> type:
-    """The class a registry names as ``module:Class`` (imports the module)."""
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+resolve = import_target  # the class an entry's ``network`` names
 
 
 def build_branch(name: str, unet, **options):

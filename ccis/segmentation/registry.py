@@ -11,8 +11,9 @@ add a segmenter").
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
+
+from ccis.common.dotted import import_target
 
 
 @dataclass(frozen=True)
@@ -63,5 +64,4 @@ def segmenter(name: str) -> Segmenter:
 
 def resolve_network(entry: Segmenter) -> type:
     """The network class an entry names as ``module:Class`` (imports the module)."""
-    module, _, attr = entry.network.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return import_target(entry.network)
