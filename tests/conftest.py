@@ -14,6 +14,13 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
+# pytest-xdist runs one worker per core (pyproject's addopts: -n auto). Each worker, and
+# every ccis/snakemake process it starts, then uses one thread: two workers with two
+# OpenMP threads each on two cores spin against each other and run slower than one.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 
 def frame(width: int = 48, height: int = 40, seed: int = 0) -> np.ndarray:
     """A small random RGB frame."""
