@@ -9,13 +9,20 @@ configs/local_v15.yaml: 7 RGB conditions = 21 input channels, stem 32/64/128, in
 each injected ResBlock). Ours takes one mask channel, so its stem's first convolution is
 20·9·32 = 5,760 weights smaller; nothing else differs.
 
+Siamese-Diffusion's dense hint input and control model beside the counts its reference
+implies (Qiukunpeng/Siamese-Diffusion, cldm/dhi.py's FeatureExtractor with
+models/cldm_v15.yaml's hint_channels 3, then cldm.py's zero 3×3 convolution to 320; the
+control model is ControlNet with that hint block), and what the reference trains besides:
+SD's UNet decoder (``sd_locked = False``: output_blocks and out), which our loop keeps
+frozen.
+
     python benchmarks/branch_params.py
 """
 
 from __future__ import annotations
 
 from accelerate import init_empty_weights
-from diffusers import ControlNetModel
+from diffusers import ControlNetModel, UNet2DConditionModel
 
 from ccis.diffusion.presets import SD_CONDITIONING_CHANNELS
 from ccis.diffusion.unicontrolnet import EXTRACTOR_CHANNELS, FDN, INJECT_CHANNELS
@@ -55,6 +62,21 @@ def reference_fdn() -> int:
     )
 
 
+def reference_siamese_dhi(hint_channels: int = 3, out_channels: int = 320) -> int:
+    """Siamese-Diffusion's DHI as cldm/dhi.py lays it out, with cldm.py's zero convolution."""
+
+    def residual(channels: int) -> int:  # ResidualBlock(c, c): two 3×3, identity skip
+        return 2 * conv3(channels, channels)
+
+    def merge(channels: int) -> int:  # PatchMerging(c): LayerNorm(4c), Linear(4c → 2c)
+        return 2 * 4 * channels + 4 * channels * 2 * channels + 2 * channels
+
+    total = conv3(hint_channels, 16) + residual(16) + conv3(16, 32) + residual(32)
+    for channels in (32, 64, 128):  # patch_merge1-3, conv_before_res3-5, layer3-5
+        total += merge(channels) + conv3(2 * channels, 2 * channels) + residual(2 * channels)
+    return total + conv3(256, out_channels)
+
+
 def main() -> None:
     with init_empty_weights():
         controlnet = ControlNetModel(
@@ -80,6 +102,26 @@ def main() -> None:
     print(f"{'feature extractor':<34}{extractor:>14,}{reference_extractor():>14,}")
     print(f"{'  (ours has 1 input channel, not 21)':<34}{'':>14}{reference_extractor(1):>14,}")
     print(f"{'FDN γ/β (8 norms)':<34}{fdn:>14,}{reference_fdn():>14,}")
+    siamese = branches["siamese"]
+    dhi = count(siamese.controlnet_cond_embedding)
+    with init_empty_weights():
+        # The reference's control model: ControlNet on a 3-channel hint, its hint block
+        # replaced by the DHI; and SD v1.5's UNet, whose decoder it also trains.
+        rgb = ControlNetModel(
+            **{**SD15, "conditioning_channels": 3},
+            conditioning_embedding_out_channels=SD_CONDITIONING_CHANNELS,
+        )
+        unet = UNet2DConditionModel(cross_attention_dim=768)
+    reference_control = count(rgb) - count(rgb.controlnet_cond_embedding) + reference_siamese_dhi()
+    decoder = count(unet.up_blocks) + count(unet.conv_norm_out) + count(unet.conv_out)
+    print()
+    print("Siamese-Diffusion, ours beside its reference (cldm/dhi.py, cldm_v15.yaml)")
+    print(f"{'part':<34}{'ours':>14}{'reference':>14}")
+    print(f"{'dense hint input (3-channel hint)':<34}{dhi:>14,}{reference_siamese_dhi():>14,}")
+    print(f"{'control model (shared branches)':<34}{count(siamese):>14,}{reference_control:>14,}")
+    print(f"{'+ SD UNet decoder (sd_locked=False)':<34}{'frozen':>14}{decoder:>14,}")
+    trained = reference_control + decoder
+    print(f"{'trainable in all':<34}{count(siamese):>14,}{trained:>14,}")
     ccis = branches["ccis"]
     lambdas = ccis.taam_lambdas().numel()
     print()

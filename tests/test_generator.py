@@ -204,10 +204,11 @@ class _NanGradient(torch.autograd.Function):
 def test_divergence_stops_at_the_step_and_keeps_the_last_good_checkpoint(
     what, triplets, base, tmp_path, monkeypatch
 ):
+    import ccis.diffusion.objective as objective
     import ccis.generator.train as train
     from ccis.common.divergence import Diverged
 
-    mse, calls = train.F.mse_loss, []
+    mse, calls = objective.F.mse_loss, []  # the loop's default objective's MSE
 
     def poisoned_on_step_3(*args, **kwargs):
         calls.append(1)
@@ -216,7 +217,7 @@ def test_divergence_stops_at_the_step_and_keeps_the_last_good_checkpoint(
             return loss
         return loss * float("nan") if what == "loss" else _NanGradient.apply(loss)
 
-    monkeypatch.setattr(train.F, "mse_loss", poisoned_on_step_3)
+    monkeypatch.setattr(objective.F, "mse_loss", poisoned_on_step_3)
     settings = train.TrainSettings(
         steps=5, batch_size=2, learning_rate=1e-3, checkpoint_every=2, resolution=32
     )

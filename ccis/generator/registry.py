@@ -16,7 +16,9 @@ of them off (a test compares their configs):
 - ``taam``: the text-aware key bias ``log(1 + λ·S)`` in the branch's self-attention.
 - ``reinject``: ``+ ZeroConv(resize(Fb))`` after each cross-attention of the branch.
 
-ControlNet is the same class with all three off (numerically diffusers' model).
+ControlNet is the same class with all three off (numerically diffusers' model). The peers
+have their own classes: Uni-ControlNet's adapter, and Siamese-Diffusion's ControlNet,
+whose class also brings its own training objective (``training_loss``).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _ccis(bmws: bool, taam: bool, reinject: bool) -> dict[str, bool]:
 # Paper values: arXiv 2411.12198, Table 1 ("The quantitative results of the colonoscopy
 # image synthesis"), Table 2 ("User study") and Table 3 ("Comparisons of different
 # settings applied on two polyp segmentation baselines across three public datasets").
-# The ablations have none.
+# The ablations have none; a later peer carries its own paper's values (sources beside it).
 REGISTRY: dict[str, Generator] = {
     "ccis": Generator(
         "CCIS-Diff (ours)", "CCIS-Diff (ours)", switches=_ccis(True, True, True), row="Ours",
@@ -90,6 +92,15 @@ REGISTRY: dict[str, Generator] = {
             "polyp_pvt": {
                 "cvc300": (85.8, 79.6), "clinicdb": (89.3, 83.8), "kvasir": (86.5, 80.7)},
         },
+    ),
+    # Siamese-Diffusion (Qiu et al., CVPR 2025, arXiv 2505.06068): FID 62.706 on Polyps
+    # (PraNet's training set) under its own protocol, from alphaXiv's overview of the
+    # paper ("to 62.706"); CLIP scores are not reported. Its abstract's gain, SANet +3.6
+    # mDice / +4.4 mIoU on Polyps, is for a segmenter we do not train: no Table 3 values.
+    "siamese": Generator(
+        "Siamese-Diffusion", "Siamese-Diffusion",
+        network="ccis.diffusion.siamese:SiameseControlNetModel",
+        paper_table1={"fid": 62.706},
     ),
     "ccis_no_bmws": Generator(
         "CCIS-Diff w/o BMWS", "w/o BMWS", switches=_ccis(False, True, True),

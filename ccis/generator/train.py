@@ -2,9 +2,11 @@
 
 ε-prediction MSE at uniform timesteps, half of the prompts replaced by "" (paper §2.2.4),
 AdamW; frozen VAE, text encoder and UNet (cast to the mixed-precision dtype), the branch
-in fp32 under autocast. Accelerate runs it on one CPU, one GPU or (``accelerate launch``)
-several, with gradient accumulation; checkpoints every N steps resume automatically, and
-every randomness is a function of (seed, step), so a resumed run continues the same run.
+in fp32 under autocast. A branch class with an objective of its own (``training_loss``,
+see ``ccis.diffusion.objective``) gets the same noisy batch and replaces the MSE.
+Accelerate runs it on one CPU, one GPU or (``accelerate launch``) several, with gradient
+accumulation; checkpoints every N steps resume automatically, and every randomness is a
+function of (seed, step), so a resumed run continues the same run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir, write_bytes_atomic
@@ -31,6 +32,7 @@ from ccis.common.provenance import claim, fingerprint
 from ccis.diffusion.bmws import BLUR_SIGMA
 from ccis.diffusion.branch import takes_text_masks
 from ccis.diffusion.model import TAAM_LAMBDA
+from ccis.diffusion.objective import Denoiser, NoisyBatch, loss_terms_of, objective_of
 from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import SD_CONDITIONING_CHANNELS, load_sd15
 from ccis.diffusion.unicontrolnet import EXTRACTOR_CHANNELS, INJECT_CHANNELS
@@ -165,7 +167,10 @@ def train_branch(
     takes_masks = takes_text_masks(unwrapped)
     start_lambdas = getattr(unwrapped, "taam_lambdas", lambda: None)()
     blocks = 0 if start_lambdas is None else len(start_lambdas)
-    columns = ("step", "loss", *(f"lambda_{i}" for i in range(blocks)))
+    # A generator's own objective may add terms (logged as loss_<term> after the total).
+    objective, terms = objective_of(unwrapped), loss_terms_of(unwrapped)
+    columns = ("step", "loss", *(f"loss_{t}" for t in terms),
+               *(f"lambda_{i}" for i in range(blocks)))  # fmt: skip
 
     # fp16 runs under a dynamic loss scaler, which skips steps with inf gradients (counted).
     scaled, skipped = settings.mixed_precision == "fp16", 0
@@ -173,7 +178,8 @@ def train_branch(
         progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
                         desc=f"train {kind}", disable=not accelerator.is_main_process)  # fmt: skip
         for step in progress:
-            total = 0.0
+            # The loss, then the objective's terms, summed over micro-batches in float64.
+            total = torch.zeros(1 + len(terms), dtype=torch.float64)
             for micro in range(settings.gradient_accumulation):
                 global_micro = step * settings.gradient_accumulation + micro
                 indices = batch_indices(
@@ -197,20 +203,22 @@ def train_branch(
                 noisy = scheduler.add_noise(latents, noise, timesteps)
                 key_mask = tokens.attention_mask.bool().to(device)
                 extra = {"text_key_mask": key_mask} if takes_masks else {}
+                denoiser = Denoiser(branch, unet, text, weight_dtype, extra)
+                batch = NoisyBatch(
+                    latents=latents, noise=noise, noisy=noisy, timesteps=timesteps,
+                    masks=masks.to(device), images=images.to(device),
+                    progress=step / settings.steps, alphas_cumprod=scheduler.alphas_cumprod,
+                )  # fmt: skip
                 with accelerator.accumulate(branch), accelerator.autocast():
-                    down, mid = branch(
-                        noisy, timesteps, text, masks.to(device), return_dict=False, **extra
-                    )
-                    pred = unet(
-                        noisy, timesteps, encoder_hidden_states=text,
-                        down_block_additional_residuals=[r.to(weight_dtype) for r in down],
-                        mid_block_additional_residual=mid.to(weight_dtype),
-                    ).sample  # fmt: skip
-                    loss = F.mse_loss(pred.float(), noise.float())
+                    loss, term_values = objective(denoiser, batch)
                     accelerator.backward(loss)
                     # Checked before the optimiser step, so no NaN reaches the weights that a
                     # checkpoint could save (every process sees the same reduced values).
-                    mean = accelerator.reduce(loss.detach(), reduction="mean")  # over processes
+                    values = torch.stack(
+                        [loss.detach().float(), *(term_values[t].detach().float() for t in terms)]
+                    )
+                    values = accelerator.reduce(values, reduction="mean")  # over processes
+                    mean = values[0]
                     check_finite(mean, "loss", f"training {kind}", step + 1, checkpoints)
                     if accelerator.sync_gradients:
                         # No clip (0) is a clip at inf: grads × 1, and the norm to check.
@@ -225,12 +233,13 @@ def train_branch(
                     if accelerator.sync_gradients and accelerator.optimizer_step_was_skipped:
                         skipped += 1
                     optimizer.zero_grad(set_to_none=True)
-                total += mean.item() / settings.gradient_accumulation
+                total += values.cpu().double() / settings.gradient_accumulation
             done = step + 1
             if accelerator.is_main_process:
-                values = unwrapped.taam_lambdas().detach().tolist() if blocks else []
-                append_row(loss_log, columns, (done, f"{total:.6f}", *(f"{v:.6f}" for v in values)))
-                progress.set_postfix(loss=f"{total:.4f}")
+                lambdas = unwrapped.taam_lambdas().detach().tolist() if blocks else []
+                row = (done, *(f"{v:.6f}" for v in [*total.tolist(), *lambdas]))
+                append_row(loss_log, columns, row)
+                progress.set_postfix(loss=f"{total[0].item():.4f}")
             # A stop request (SIGTERM, SIGUSR1) checkpoints this step, whatever the schedule.
             stopping = done < settings.steps and stop.agreed(accelerator)
             scheduled = settings.checkpoint_every and done % settings.checkpoint_every == 0
