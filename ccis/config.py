@@ -144,7 +144,29 @@ def _semantic_problems(config: dict, workdir: Path) -> list[str]:
         problems.append(
             "model.sd15: the sd15 preset needs a Stable Diffusion v1.5 folder, id or file"
         )
+    problems += _external_problems(config, workdir)
     problems += _segmentation_problems(config, workdir)
+    return problems
+
+
+def _external_problems(config: dict, workdir: Path) -> list[str]:
+    """External synthetic sets: unique names that no generator has, existing folders."""
+    from ccis.generator.registry import GENERATORS
+
+    problems = []
+    names = []
+    for i, entry in enumerate(config.get("external_synthetic") or []):
+        name, where = entry["name"], f"external_synthetic[{i}]"
+        if name in names:
+            problems.append(f"{where}.name: external set {name!r} is defined twice")
+        if name in GENERATORS:
+            problems.append(f"{where}.name: {name!r} is a generator's name; choose another")
+        names.append(name)
+        root = Path(entry["root"])
+        if not (root if root.is_absolute() else workdir / root).is_dir():
+            problems.append(
+                f"{where}.root: folder {entry['root']!r} ({entry['format']}) does not exist"
+            )
     return problems
 
 
@@ -152,10 +174,12 @@ def _segmentation_problems(config: dict, workdir: Path) -> list[str]:
     problems = []
     seg = config.get("segmentation", {})
     generators = config.get("generators", [])
+    known = [*generators, *external_names(config)]
     for gen in seg.get("synthetic") or []:
-        if gen not in generators:
+        if gen not in known:
             problems.append(
-                f"segmentation.synthetic: {gen!r} is not in generators ({', '.join(generators)})"
+                f"segmentation.synthetic: {gen!r} is neither in generators nor an "
+                f"external_synthetic set ({', '.join(known)})"
             )
     if seg.get("size", 32) % 32:
         problems.append(f"segmentation.size: {seg['size']} is not a multiple of 32")
@@ -181,13 +205,18 @@ def _segmentation_problems(config: dict, workdir: Path) -> list[str]:
 STEP_MATCHED = "real_x2"
 
 
+def external_names(config: dict) -> list[str]:
+    """Names of the configured external synthetic sets (``external_synthetic``)."""
+    return [entry["name"] for entry in config.get("external_synthetic") or []]
+
+
 def segmentation_settings(config: dict) -> list[str]:
     """Training-set settings of Table 3: ``real``, the step-matched ``real_x2`` (when there
-    is a synthetic setting and ``segmentation.step_matched``) and ``real+<gen>`` per
-    synthetic set."""
+    is a synthetic setting and ``segmentation.step_matched``) and ``real+<name>`` per
+    synthetic set (a generator's or an external one)."""
     synthetic = config["segmentation"]["synthetic"]
     if synthetic is None:
-        synthetic = config["generators"]
+        synthetic = [*config["generators"], *external_names(config)]
     matched = [STEP_MATCHED] if synthetic and config["segmentation"]["step_matched"] else []
     return ["real", *matched, *(f"real+{gen}" for gen in synthetic)]
 

@@ -25,6 +25,8 @@ TRAIN = train_split(config)  # the one split with role "train"
 TESTS = [name for name, split in SPLITS.items() if split["role"] == "test"]
 MODEL = config["model"]
 GENERATORS = config["generators"]
+# Synthetic sets made by other tools, imported like a real split (name -> its entry).
+EXTERNAL = {entry["name"]: entry for entry in config["external_synthetic"]}
 
 
 wildcard_constraints:
@@ -32,7 +34,8 @@ wildcard_constraints:
     shard=r"\d+",
     generator="|".join(ALL_GENERATORS),
     model="|".join(SEGMENTERS),
-    setting=r"real(_x2|\+[a-z_]+)?",
+    external="|".join(EXTERNAL) or "(?!)",  # (?!) matches nothing: no external set
+    setting=r"real(_x2|\+[a-z][a-z0-9_]*)?",
     seed=r"\d+",
 
 
@@ -73,3 +76,23 @@ def source_listing(wildcards):
     re-runs jobs whose params changed) and what depends on it."""
     spec = SPLITS[wildcards.split]
     return listing_fingerprint(s["root"] for s in spec.get("sources", []))
+
+
+def synthetic_manifest(wildcards):
+    """The synthetic set that setting real+<name> adds to the real one: the generator's
+    gathered manifest, or the external set's imported one (none for real and real_x2)."""
+    if "+" not in wildcards.setting:
+        return []
+    name = wildcards.setting.split("+", 1)[1]
+    if name in EXTERNAL:
+        return expand(rules.prepare_external.output.manifest, external=name)
+    return expand(rules.gather_synthetic.output[0], generator=name)
+
+
+def external_labels():
+    """`--external <name>=<label>` for each external synthetic set (Tables 1 and 3)."""
+    return quoted(
+        arg
+        for name, entry in EXTERNAL.items()
+        for arg in ("--external", f"{name}={entry.get('label', name)}")
+    )

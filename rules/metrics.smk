@@ -5,6 +5,12 @@
 
 METRICS = config["metrics"]
 FIDELITY_SEGMENTER = METRICS["fidelity_segmenter"]  # a real-data Table 3 run
+FIDELITY_RUN = expand(
+    rules.train_segmenter.output[0],
+    model=FIDELITY_SEGMENTER["model"],
+    setting="real",
+    seed=FIDELITY_SEGMENTER["seed"],
+)
 
 # open_clip model of the CLIP scores, and its local checkpoint when configured.
 CLIP_ARGS = quoted(
@@ -45,12 +51,7 @@ rule metrics_generation:
     input:
         synthetic=rules.gather_synthetic.output[0],
         real=TRIPLETS,
-        segmenter=expand(
-            rules.train_segmenter.output[0],
-            model=FIDELITY_SEGMENTER["model"],
-            setting="real",
-            seed=FIDELITY_SEGMENTER["seed"],
-        ),
+        segmenter=FIDELITY_RUN,
         text=rules.text_adherence.output[0],
         clip=local_file(METRICS["clip_pretrained"]),
     output:
@@ -78,11 +79,50 @@ rule metrics_generation:
         " > {log} 2>&1"
 
 
+# An external set (external_synthetic) gets the same command on its imported manifest:
+# FID and mask fidelity; the text metrics and CLIP-image need prompts and real source
+# pairs, which a folder from another tool does not have (reported as not computed).
+rule metrics_external:
+    input:
+        synthetic=rules.prepare_external.output.manifest,
+        real=TRIPLETS,
+        segmenter=FIDELITY_RUN,
+        clip=local_file(METRICS["clip_pretrained"]),
+    output:
+        json=f"{RESULTS}/metrics/external/{{external}}.json",
+        per_image=f"{RESULTS}/metrics/external/{{external}}.per_image.parquet",
+    params:
+        clip=CLIP_ARGS,
+        batch=METRICS["batch_size"],
+        fid_mode=METRICS["fid_mode"],
+        label=lambda wildcards: quoted(
+            [EXTERNAL[wildcards.external].get("label", wildcards.external)]
+        ),
+    log:
+        f"{RESULTS}/logs/metrics/external/{{external}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/metrics/external/{{external}}.tsv"
+    threads: METRICS["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../envs/ccis.yaml"
+    shell:
+        "ccis metrics-generation --generator {wildcards.external} --external {params.label}"
+        " --synthetic {input.synthetic} --real {input.real} --segmenter {input.segmenter}"
+        " --out {output.json} --per-image {output.per_image} {params.clip}"
+        " --fid-mode {params.fid_mode} --batch-size {params.batch} --threads {threads}"
+        " > {log} 2>&1"
+
+
 rule generation_table:
     input:
-        metrics=expand(rules.metrics_generation.output.json, generator=GENERATORS),
+        metrics=expand(rules.metrics_generation.output.json, generator=GENERATORS)
+        + expand(rules.metrics_external.output.json, external=EXTERNAL),
         # read through the paths the JSON files name (paired differences)
-        per_image=expand(rules.metrics_generation.output.per_image, generator=GENERATORS),
+        per_image=expand(rules.metrics_generation.output.per_image, generator=GENERATORS)
+        + expand(rules.metrics_external.output.per_image, external=EXTERNAL),
     output:
         csv=report(
             f"{RESULTS}/report/table1_generation.csv",

@@ -1,10 +1,10 @@
-# Downstream segmentation (paper Table 3): PraNet and Polyp-PVT trained on the real
-# training set and on real + each generator's synthetic set, several seeds, evaluated on
-# every test split. Checkpoints live in an undeclared work folder: a killed run resumes.
+# Downstream segmentation (paper Table 3): PraNet, Polyp-PVT and PVT-CASCADE trained on the
+# real training set and on real + each synthetic set (a generator's or an external one),
+# several seeds, evaluated on every test split. Checkpoints live in an undeclared work folder: a killed run resumes.
 from ccis.config import segmentation_settings, setting_repeat
 
 SEGMENTATION = config["segmentation"]
-SETTINGS = segmentation_settings(config)  # real, real_x2 (step-matched), real+<generator>
+SETTINGS = segmentation_settings(config)  # real, real_x2 (step-matched), real+<name>
 
 # `ccis train-segmenter` options of each model, spelled out (the command reads no
 # config); the setting adds --repeat in front (2 for real_x2: the real set twice).
@@ -34,12 +34,8 @@ SEGMENTER_ARGS = {
 rule train_segmenter:
     input:
         real=expand(rules.prepare.output.manifest, split=TRAIN),
-        # real+<generator>: that generator's synthetic set (none for real and real_x2)
-        synthetic=lambda wildcards: (
-            expand(rules.gather_synthetic.output[0], generator=wildcards.setting.split("+", 1)[1])
-            if "+" in wildcards.setting
-            else []
-        ),
+        # real+<name>: that generator's or external set's synthetic set (none for real, real_x2)
+        synthetic=synthetic_manifest,
         weights=lambda wildcards: local_file(SEGMENTATION[wildcards.model]["pretrained_file"]),
     output:
         directory(f"{RESULTS}/segmentation/{{model}}/{{setting}}/seed{{seed}}/model"),
@@ -120,6 +116,7 @@ rule segmentation_table:
         md=f"{RESULTS}/report/table3_segmentation.md",
     params:
         paper="--paper" if config["report"]["paper"] else "",
+        external=external_labels(),
     log:
         f"{RESULTS}/logs/report/table3.log",
     benchmark:
@@ -132,4 +129,4 @@ rule segmentation_table:
         "../envs/ccis.yaml"
     shell:
         "ccis segmentation-table --out-csv {output.csv} --out-md {output.md} {params.paper}"
-        " {input} > {log} 2>&1"
+        " {params.external} {input} > {log} 2>&1"

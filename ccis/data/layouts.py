@@ -114,6 +114,15 @@ LAYOUTS: dict[str, Layout] = {
             ),
             "ETIS-LaribPolypDB: images/ and masks/, or ETIS-LaribPolypDB/ with GroundTruth/pN.tif",
         ),
+        # What other tools write (a generator's synthetic set, any image–mask pairs):
+        # pairs told apart by file stem only. Name the source in the config.
+        Layout(
+            "image-mask",
+            "pairs",
+            (("images", "masks", ""), ("image", "mask", ""), ("imgs", "masks", "")),
+            "any tool's image–mask pairs: images/ and masks/ (or image/ and mask/, imgs/ "
+            "and masks/), a mask per image with the same file stem",
+        ),
     )
 }
 

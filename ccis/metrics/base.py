@@ -24,6 +24,9 @@ NOT_COMPUTED = "not computed"
 COMPUTED = "computed"
 
 SYNTHETIC_COLUMNS = ("id", "image", "mask", "caption", "real_id")
+# An external set (another tool's folder, imported by ``ccis prepare``) has neither the
+# prompts nor the real source pair of each image.
+EXTERNAL_COLUMNS = ("id", "image", "mask")
 TRIPLET_COLUMNS = ("id", "image", "mask", "caption", "attributes")
 
 
@@ -60,7 +63,11 @@ def finite(value: float, what: str, details: dict | None = None) -> Result:
 
 @dataclass(frozen=True)
 class SyntheticPairs:
-    """The synthetic set joined to its real sources (one entry per synthetic image)."""
+    """The synthetic set joined to its real sources (one entry per synthetic image).
+
+    For an external set (``external``) the per-image prompt and source lists are empty:
+    only its images, masks and the real reference set are known.
+    """
 
     ids: list[str]
     images: list[Path]
@@ -70,6 +77,7 @@ class SyntheticPairs:
     real_images: list[Path]  # the real source image of each synthetic one
     prompt_attributes: list[Mapping]  # the attributes the source caption was grounded in
     all_real_images: list[Path]  # every real training image (FID reference set)
+    external: bool = False
 
 
 def _require(frame: pd.DataFrame, columns: tuple[str, ...], path: Path, what: str) -> None:
@@ -87,11 +95,15 @@ def _paths(frame: pd.DataFrame, column: str, manifest: Path) -> list[Path]:
     return paths
 
 
-def read_pairs(synthetic: str | os.PathLike, real: str | os.PathLike) -> SyntheticPairs:
+def read_pairs(
+    synthetic: str | os.PathLike, real: str | os.PathLike, external: bool = False
+) -> SyntheticPairs:
     """Read a synthetic manifest and the real triplets it was generated from.
 
     Rows are sorted by synthetic id so every metric (and the per-image table) is in one
     deterministic order. Every listed file must exist; every ``real_id`` must be a triplet.
+    With ``external``, ``synthetic`` is an imported manifest (``ccis prepare`` of another
+    tool's folder): images and masks only, compared with the real set as a whole.
     """
     synthetic, real = Path(synthetic), Path(real)
     for path in (synthetic, real):
@@ -99,7 +111,10 @@ def read_pairs(synthetic: str | os.PathLike, real: str | os.PathLike) -> Synthet
             raise FileNotFoundError(f"{path}: no such manifest")
     syn = pd.read_parquet(synthetic)
     tri = pd.read_parquet(real)
-    _require(syn, SYNTHETIC_COLUMNS, synthetic, "synthetic manifest (ccis synthesize)")
+    if external:
+        _require(syn, EXTERNAL_COLUMNS, synthetic, "manifest of an imported set (ccis prepare)")
+    else:
+        _require(syn, SYNTHETIC_COLUMNS, synthetic, "synthetic manifest (ccis synthesize)")
     _require(tri, TRIPLET_COLUMNS, real, "triplets file (ccis caption)")
     if syn.empty:
         raise ValueError(f"{synthetic}: the synthetic manifest has no rows")
@@ -111,6 +126,17 @@ def read_pairs(synthetic: str | os.PathLike, real: str | os.PathLike) -> Synthet
             raise ValueError(f"{path}: duplicate ids {dupes[:5]}")
     syn = syn.sort_values("id").reset_index(drop=True)
     tri = tri.sort_values("id").reset_index(drop=True)
+    if external:
+        pairs = SyntheticPairs(
+            ids=[str(i) for i in syn["id"]], images=_paths(syn, "image", synthetic),
+            masks=_paths(syn, "mask", synthetic), captions=[], real_ids=[], real_images=[],
+            prompt_attributes=[], all_real_images=_paths(tri, "image", real), external=True,
+        )  # fmt: skip
+        log.info(
+            "read %d imported pairs from %s and %d real triplets from %s",
+            len(pairs.ids), synthetic, len(pairs.all_real_images), real,
+        )  # fmt: skip
+        return pairs
     by_id = tri.set_index("id")
     unknown = sorted(str(i) for i in set(syn["real_id"]) - set(by_id.index))
     if unknown:

@@ -16,7 +16,7 @@ def _cmd_metrics_generation(args: argparse.Namespace) -> None:
     attributes = tuple(a.strip() for a in args.agreement_attributes.split(",") if a.strip())
     options = (
         "clip_model", "clip_pretrained", "clip_cache", "segmenter", "inception_dir", "fid_mode",
-        "batch_size", "device", "per_image", "text_adherence",
+        "batch_size", "device", "per_image", "text_adherence", "external",
     )  # fmt: skip
     generation_metrics(
         args.generator, args.synthetic, args.real, args.out, agreement_attributes=attributes,
@@ -54,7 +54,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     gen.add_argument("--generator", required=True, help="generator name (row of Table 1)")
     gen.add_argument(
-        "--synthetic", required=True, type=Path, help="synthetic manifest (ccis synthesize)"
+        "--synthetic",
+        required=True,
+        type=Path,
+        help="synthetic manifest (ccis synthesize; with --external: ccis prepare)",
     )
     gen.add_argument(
         "--real", required=True, type=Path, help="real training triplets (ccis caption)"
@@ -93,6 +96,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--text-adherence", type=Path, help="the generator's ccis text-adherence table (Parquet)"
     )
+    gen.add_argument(
+        "--external", metavar="LABEL",
+        help="the set was made by another tool and imported with ccis prepare (--synthetic is "
+        "its manifest): FID and mask fidelity only; LABEL names it in Table 1",
+    )  # fmt: skip
     gen.add_argument("--threads", type=int, default=None, help="CPU threads for torch/OpenCV")
     gen.set_defaults(func=_cmd_metrics_generation)
 

@@ -37,6 +37,17 @@ log = logging.getLogger(__name__)
 METRICS = (
     "fid", "clip_score", "clip_image", "text_adherence", "attribute_agreement", "mask_fidelity",
 )  # fmt: skip
+# Why an external set (another tool's image–mask folder) has no value for these: they
+# score an image against the prompt it was drawn for or the real pair it was drawn from,
+# or draw new images. Captioning its images from their own pixels would score the image
+# against a description of itself (attribute agreement would be ~100 % by construction).
+EXTERNAL_REASONS = {
+    "clip_score": "an imported set has no prompts (a caption measured from the image itself "
+    "would score the image against its own description)",
+    "clip_image": "an imported set has no real source image per synthetic image",
+    "text_adherence": "an imported set has no generator to prompt",
+    "attribute_agreement": "an imported set has no prompts to agree with",
+}
 
 
 def generation_metrics(
@@ -59,6 +70,7 @@ def generation_metrics(
     device: str | None = None,
     per_image: str | os.PathLike | None = None,
     text_adherence: str | os.PathLike | None = None,
+    external: str | None = None,
 ) -> dict:
     """Compute FID, CLIP-score, CLIP-image, attribute agreement and mask fidelity.
 
@@ -69,15 +81,21 @@ def generation_metrics(
     networks). ``text_adherence`` is the generator's ``ccis text-adherence`` table (it
     draws its own images, so it is a job of its own). Writes ``out`` (JSON) and, if
     given, ``per_image`` (Parquet, one row per synthetic image), atomically.
+
+    ``external`` (the set's label) scores a set made by another tool and imported with
+    ``ccis prepare``: FID and mask fidelity as for ours; CLIP-score, CLIP-image, text
+    adherence and attribute agreement are not computed (:data:`EXTERNAL_REASONS`).
     """
     from ccis.metrics.clip_scores import clip_scores, load_clip
     from ccis.metrics.fid import compute_fid
 
     out = Path(out)
     device = device or default_device()
-    pairs = read_pairs(synthetic, real)
+    pairs = read_pairs(synthetic, real, external=external is not None)
     results: dict[str, Result] = {}
-    rows = pd.DataFrame({"id": pairs.ids, "real_id": pairs.real_ids})
+    if external is not None:
+        results.update({k: NotComputed(reason) for k, reason in EXTERNAL_REASONS.items()})
+    rows = pd.DataFrame({"id": pairs.ids, "real_id": pairs.real_ids or [None] * len(pairs.ids)})
 
     results["fid"] = compute_fid(
         pairs.images, pairs.all_real_images, feature_extractor=fid_feature_extractor,
@@ -85,25 +103,28 @@ def generation_metrics(
         num_workers=num_workers, device=device,
     )  # fmt: skip
 
-    clip = load_clip(clip_model, clip_pretrained, device=device, cache_dir=clip_cache)
-    if isinstance(clip, NotComputed):
-        log.warning("CLIP-score and CLIP-image not computed: %s", clip.reason)
-        results["clip_score"] = results["clip_image"] = clip
-    else:
-        score, image, per_score, per_clip_image = clip_scores(
-            clip, pairs.images, pairs.captions, pairs.real_images, batch_size=batch_size
-        )
-        results["clip_score"], results["clip_image"] = score, image
-        rows["clip_score"], rows["clip_image"] = per_score, per_clip_image
-        del clip  # free the model before the segmenter is loaded
+    # An external set has neither prompts nor source images: its text metrics and
+    # CLIP-image were set to not computed above.
+    if external is None:
+        clip = load_clip(clip_model, clip_pretrained, device=device, cache_dir=clip_cache)
+        if isinstance(clip, NotComputed):
+            log.warning("CLIP-score and CLIP-image not computed: %s", clip.reason)
+            results["clip_score"] = results["clip_image"] = clip
+        else:
+            score, image, per_score, per_clip_image = clip_scores(
+                clip, pairs.images, pairs.captions, pairs.real_images, batch_size=batch_size
+            )
+            results["clip_score"], results["clip_image"] = score, image
+            rows["clip_score"], rows["clip_image"] = per_score, per_clip_image
+            del clip  # free the model before the segmenter is loaded
 
-    if text_adherence is None:
-        results["text_adherence"] = NotComputed("no text-adherence table given")
-    else:
-        table = read_text_adherence(text_adherence)
-        results["text_adherence"] = text_adherence_result(table)
-        wins = dict(zip(table["real_id"].astype(str), table["text_win"], strict=True))
-        rows["text_win"] = [wins.get(str(r)) for r in rows["real_id"]]
+        if text_adherence is None:
+            results["text_adherence"] = NotComputed("no text-adherence table given")
+        else:
+            table = read_text_adherence(text_adherence)
+            results["text_adherence"] = text_adherence_result(table)
+            wins = dict(zip(table["real_id"].astype(str), table["text_win"], strict=True))
+            rows["text_win"] = [wins.get(str(r)) for r in rows["real_id"]]
 
     def samples():
         for image_path, mask_path, prompt in zip(
@@ -112,11 +133,12 @@ def generation_metrics(
             image = read_rgb(image_path)
             yield image, read_mask(mask_path, image.shape[:2]), prompt
 
-    agreement, matches = attribute_agreement(
-        samples(), scored=agreement_attributes, total=len(pairs.ids)
-    )
-    results["attribute_agreement"] = agreement
-    rows = pd.concat([rows, pd.DataFrame(matches)], axis=1)
+    if external is None:
+        agreement, matches = attribute_agreement(
+            samples(), scored=agreement_attributes, total=len(pairs.ids)
+        )
+        results["attribute_agreement"] = agreement
+        rows = pd.concat([rows, pd.DataFrame(matches)], axis=1)
 
     name = "custom" if segment is not None else str(segmenter)
     if segment is None:
@@ -141,6 +163,8 @@ def generation_metrics(
         "ccis_version": __version__,
         "metrics": {k: results[k].to_dict() for k in METRICS},
     }
+    if external is not None:
+        report["external"] = {"label": external}
     # allow_nan=False: a NaN would make the file unreadable by strict JSON parsers.
     text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
     write_bytes_atomic(out, (text + "\n").encode())

@@ -76,6 +76,14 @@ def read_metrics(path: str | os.PathLike) -> dict:
     return report
 
 
+def _method(report: dict, generator: str) -> str:
+    """Table 1's name of a row: the generator's label, or an external set's, marked."""
+    external = report.get("external")
+    if isinstance(external, dict):
+        return f"{external.get('label') or generator} (external)"
+    return label(generator)
+
+
 def _order(generators: list[str]) -> list[str]:
     known = [g for g in REGISTRY if g in generators]  # registry order: the paper's first
     return known + sorted(g for g in generators if g not in REGISTRY)
@@ -176,7 +184,7 @@ def table1(
     csv_rows, md_rows = [], []
     for generator in order:
         metrics = reports[generator]["metrics"]
-        method = label(generator)
+        method = _method(reports[generator], generator)
         row: list = [generator, method]
         cells = [method]
         for key, _, decimals in COLUMNS:
@@ -218,6 +226,15 @@ def table1(
         "Mask fidelity: Dice of a real-data segmenter's prediction with the conditioning mask. "
         "[a, b]: 95 % bootstrap interval over images.",
     ]
+    external = [g for g in order if "external" in reports[g]]
+    if external:
+        names = ", ".join(reports[g]["external"].get("label") or g for g in external)
+        lines += [
+            "",
+            f"(external): a set made by another tool ({names}), imported with `ccis prepare` "
+            "(config external_synthetic) and scored by the same code. It has no prompts and "
+            "no real source pair per image, so only FID and mask fidelity apply.",
+        ]
     ablations = [g for g in order if REGISTRY.get(g) and REGISTRY[g].removes]
     if ablations:
         lines += ["", "Each ablation removes one thing from CCIS-Diff:", ""]

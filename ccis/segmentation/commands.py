@@ -59,14 +59,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_table(args: argparse.Namespace) -> None:
     from ccis.segmentation.table import table3
 
-    table3(args.parquets, args.out_csv, args.out_md, paper=args.paper)
+    external = parse_pairs(args.external, "--external")
+    table3(args.parquets, args.out_csv, args.out_md, paper=args.paper, external=external)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register this stage's sub-commands on the ``ccis`` parser."""
     train = sub.add_parser(
         "train-segmenter",
-        help="train PraNet or Polyp-PVT on real (+ synthetic) pairs (resumes from checkpoints)",
+        help="train a segmenter (PraNet, Polyp-PVT, PVT-CASCADE) on real (+ synthetic) pairs "
+        "(resumes from checkpoints)",
         description="Writes OUT/{model.safetensors,config.json,loss.csv}; WORK keeps the "
         "per-epoch checkpoints. Options left out take train_segmenter's defaults (the "
         "references' batch 16, lr 1e-4, 352², scales 0.75/1/1.25, clamp 0.5); weight decay "
@@ -109,5 +111,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "segmentation-table", help="Table 3: mDice/mIoU per model × setting, mean ± std over seeds"
     )
     add_table_outputs(tab)
+    tab.add_argument(
+        "--external", action="append", default=[], metavar="NAME=LABEL",
+        help="an external synthetic set (setting real+NAME) and its label (repeatable)",
+    )  # fmt: skip
     tab.add_argument("parquets", nargs="+", type=Path, help="evaluate-segmenter outputs")
     tab.set_defaults(func=_cmd_table)

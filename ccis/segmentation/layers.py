@@ -1,4 +1,4 @@
-"""Building blocks shared by PraNet and Polyp-PVT."""
+"""Building blocks shared by the segmenters (PraNet, Polyp-PVT, PVT-CASCADE)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,30 @@ class CascadedDecoder(nn.Module):
         x16_2 = self.cat2(torch.cat((x16_1, self.up4(up(x32, x16))), 1))
         x8_2 = self.cat3(torch.cat((x8_1, self.up5(up(x16_2, x8))), 1))
         return x8_2
+
+
+class ChannelAttention(nn.Module):
+    """CBAM channel attention: shared MLP over average- and max-pooled features."""
+
+    def __init__(self, channels: int, ratio: int = 16):
+        super().__init__()
+        hidden = max(1, channels // ratio)
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        peak = self.fc2(torch.relu(self.fc1(x.amax((2, 3), keepdim=True))))
+        return torch.sigmoid(avg + peak)
+
+
+class SpatialAttention(nn.Module):
+    """CBAM spatial attention: 7×7 conv over channel mean and max."""
+
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return torch.sigmoid(self.conv(pooled))

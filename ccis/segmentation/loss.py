@@ -1,8 +1,8 @@
-"""The structure loss of PraNet and Polyp-PVT: (weighted) BCE + weighted IoU.
+"""The structure loss of PraNet, Polyp-PVT and PVT-CASCADE: (weighted) BCE + weighted IoU.
 
 Two forms, chosen by ``segmentation.loss``:
 
-- ``reference``: what both released training scripts compute. They call
+- ``reference``: what the released training scripts compute (CASCADE's too). They call
   ``binary_cross_entropy_with_logits(..., reduce='none')``; ``reduce`` is the deprecated
   boolean argument and the string ``'none'`` is truthy, so the BCE is reduced to its mean
   over the whole batch *before* the boundary weights touch it: their BCE term is the plain

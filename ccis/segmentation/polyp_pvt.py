@@ -18,34 +18,13 @@ import torch
 from torch import nn
 
 from ccis.segmentation.backbones import Backbone
-from ccis.segmentation.layers import CascadedDecoder, ConvBN, resize
-
-
-class ChannelAttention(nn.Module):
-    """CBAM channel attention: shared MLP over average- and max-pooled features."""
-
-    def __init__(self, channels: int, ratio: int = 16):
-        super().__init__()
-        hidden = max(1, channels // ratio)
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=False)
-        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
-        peak = self.fc2(torch.relu(self.fc1(x.amax((2, 3), keepdim=True))))
-        return torch.sigmoid(avg + peak)
-
-
-class SpatialAttention(nn.Module):
-    """CBAM spatial attention: 7×7 conv over channel mean and max."""
-
-    def __init__(self, kernel_size: int = 7):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
-        return torch.sigmoid(self.conv(pooled))
+from ccis.segmentation.layers import (
+    CascadedDecoder,
+    ChannelAttention,
+    ConvBN,
+    SpatialAttention,
+    resize,
+)
 
 
 class GCN(nn.Module):

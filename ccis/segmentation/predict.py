@@ -1,10 +1,9 @@
 """Load a trained segmenter folder and predict polyp probabilities, as the references test.
 
 Each image is resized to the training size (antialiased bilinear, as the references'
-test loaders), ImageNet-normalised, passed
-through the network; the final logits (PraNet: last map; Polyp-PVT: P1 + P2) are
-resized back to the image's own size (bilinear, ``align_corners=False``) and squashed
-with a sigmoid.
+test loaders), ImageNet-normalised, passed through the network; the final logits
+(PraNet: last map; Polyp-PVT: P1 + P2; PVT-CASCADE: P1 + P2 + P3 + P4) are resized back
+to the image's own size (bilinear, ``align_corners=False``) and squashed with a sigmoid.
 """
 
 from __future__ import annotations

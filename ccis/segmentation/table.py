@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -83,13 +84,16 @@ def table3(
     out_csv: str | os.PathLike,
     out_md: str | os.PathLike,
     paper: bool = False,
+    external: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Write Table 3 (CSV, long form; Markdown, shaped like the paper's) and return it.
 
     With ``paper``, the published numbers stand beside ours (CSV columns ``paper_mdice``
     and ``paper_miou``; in Markdown in parentheses) for the test sets and settings the
-    paper has.
+    paper has. ``external`` maps the names of external synthetic sets (settings
+    ``real+<name>``) to their labels.
     """
+    external = dict(external or {})
     if not per_image_parquets:
         raise ValueError("no per-image metrics given")
     frames = []
@@ -119,23 +123,27 @@ def table3(
 
     csv_bytes = summary.to_csv(index=False, float_format="%.4f").encode()
     write_bytes_atomic(out_csv, csv_bytes)
-    write_bytes_atomic(out_md, _markdown(summary, tests, paper).encode())
+    write_bytes_atomic(out_md, _markdown(summary, tests, paper, external).encode())
     log.info("wrote %s and %s (%d rows)", out_csv, out_md, len(summary))
     return summary
 
 
-def _row_label(model: str, setting: str) -> str:
+def _row_label(model: str, setting: str, external: Mapping[str, str]) -> str:
     name = SEGMENTER_REGISTRY[model].label if model in SEGMENTER_REGISTRY else model
     key = setting_key(setting)
     if key == "real":
         return name
     if key == STEP_MATCHED:
         return f"{name} + {STEP_MATCHED_LABEL}"
+    if key in external:
+        return f"{name} + {external[key]} (external)"
     # The paper calls its own method "Ours" (the registry's Table 3 row names).
     return f"{name} + {REGISTRY[key].table3_row if key in REGISTRY else setting}"
 
 
-def _markdown(summary: pd.DataFrame, tests: list[str], paper: bool) -> str:
+def _markdown(
+    summary: pd.DataFrame, tests: list[str], paper: bool, external: Mapping[str, str]
+) -> str:
     heads = [TEST_LABELS.get(TEST_ALIASES.get(t.lower(), ""), t) for t in tests]
     lines = [
         "Table 3. Segmentation on each test set: mDice and mIoU (%), mean ± std over seeds"
@@ -159,8 +167,27 @@ def _markdown(summary: pd.DataFrame, tests: list[str], paper: bool) -> str:
                 if published is not None and not pd.isna(published):
                     text += f" ({published:.1f})"
                 cells.append(text)
-        lines.append(f"| {_row_label(model, setting)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_row_label(model, setting, external)} | " + " | ".join(cells) + " |")
     lines += ["", f"Seeds per row: {', '.join(map(str, seeds))}."]
+    if paper:
+        # Where each segmenter's published values come from: not all from the CCIS-Diff
+        # paper (a segmenter it did not run has its own paper's real-data numbers).
+        sources = {
+            SEGMENTER_REGISTRY[m].label: SEGMENTER_REGISTRY[m].paper_source
+            for m in dict.fromkeys(summary["model"])
+            if any(key[0] == m for key in PAPER_TABLE3)
+        }
+        if sources:
+            lines += ["", "Published values from " + "; ".join(
+                f"{name}: {source}" for name, source in sources.items()) + "."]  # fmt: skip
+    shown = [key for key in dict.fromkeys(map(setting_key, summary["setting"])) if key in external]
+    if shown:
+        lines += [
+            "",
+            "(external): a synthetic set made by another tool and imported with `ccis prepare` "
+            "(config external_synthetic: " + ", ".join(external[k] for k in shown) + "), added "
+            "to the real training set as our generators' sets are.",
+        ]
     if any(setting_key(s) == STEP_MATCHED for s in summary["setting"]):
         lines += [
             "",

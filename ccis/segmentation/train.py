@@ -1,14 +1,15 @@
-"""Train PraNet or Polyp-PVT on real (+ synthetic) pairs, as the reference scripts do.
+"""Train a segmenter (PraNet, Polyp-PVT, PVT-CASCADE) on real (+ synthetic) pairs, as the
+reference scripts do.
 
 Per batch, one optimiser step per multi-scale rate (0.75/1/1.25 → sizes rounded to
 multiples of 32), loss = sum of structure losses of every output map (the released
 code's form by default, ``ccis.segmentation.loss``), gradients clamped
 *by value* to ±``clip`` (the references' ``clip_gradient`` calls ``grad.clamp_`` on every
 parameter, i.e. ``torch.nn.utils.clip_grad_value_``, not a norm clip). Optimisers: Adam
-for PraNet, AdamW with weight decay 1e-4 for Polyp-PVT, lr 1e-4, no schedule (the
-references' step decay never triggers within their epoch counts). We keep the last
-epoch's weights: the Polyp-PVT script picks the "best" epoch on test data, which leaks
-the test set into model selection. The references loop ``range(1, epoch)``: their
+for PraNet, AdamW with weight decay 1e-4 for Polyp-PVT and PVT-CASCADE, lr 1e-4, no
+schedule (the references' step decay never triggers within their epoch counts). We keep
+the last epoch's weights: the Polyp-PVT and CASCADE scripts pick the "best" epoch on test
+data, which leaks the test set into model selection. The references loop ``range(1, epoch)``: their
 "20" and "100" epochs are 19 and 99, which is what ``configs/paper.yaml`` asks for.
 
 ``repeat`` lists the training pairs that many times per epoch: ``real ×2`` sees the
