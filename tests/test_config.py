@@ -128,3 +128,18 @@ def test_snakemake_stops_before_any_job_naming_the_key(micro_workdir):
     assert proc.returncode != 0
     assert "data.phantom.width: 'wide' is not of type 'integer'" in proc.stderr + proc.stdout
     assert not (micro_workdir / "results").exists()
+
+
+def test_the_peers_overlay_is_valid_and_names_its_missing_external_folder(tmp_path):
+    """configs/peers.yaml over config.yaml (as --configfile merges it) validates once its
+    stand-in external set exists, and names the folder while it does not."""
+    from snakemake.utils import update_config
+
+    config = _default()
+    update_config(config, yaml.safe_load((REPO / "configs" / "peers.yaml").read_text()))
+    assert config["generators"] == ["ccis", "controlnet", "siamese"]
+    with pytest.raises(ConfigError, match=r"external_synthetic\[0\]\.root.*peer_sets/phantom_peer"):
+        validate_config(copy.deepcopy(config), SCHEMA, workdir=tmp_path)
+    (tmp_path / "peer_sets" / "phantom_peer").mkdir(parents=True)
+    validate_config(config, SCHEMA, workdir=tmp_path)
+    assert config["segmentation"]["synthetic"] == ["ccis", "siamese", "phantom_peer"]
