@@ -17,6 +17,7 @@ if CAPTION["captioner"] == "llama":
     LLAMA = CAPTION["llama"]
     CAPTION_ARGS += [
         "--llama-model", LLAMA["model"],
+        "--llama-prompt", LLAMA["prompt"],
         "--llama-n-ctx", LLAMA["n_ctx"],
         "--llama-max-new-tokens", LLAMA["max_new_tokens"],
         "--llama-temperature", LLAMA["temperature"],

@@ -78,3 +78,31 @@ def test_binary_zero_one_mask_and_bad_shapes():
         measure_attributes(s.image[..., 0], s.mask)
     with pytest.raises(ValueError, match="differs from image shape"):
         measure_attributes(s.image, s.mask[:-1])
+
+
+def _flat_frame(polyp_rgb, mucosa_rgb, radius: int, size: int = 200) -> tuple:
+    """A uniformly lit frame: one disc of ``polyp_rgb`` on ``mucosa_rgb``."""
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = mucosa_rgb
+    mask = disc_mask(size, size, size // 2, size // 2, radius)
+    image[mask > 0] = polyp_rgb
+    return image, mask
+
+
+def test_colour_is_also_judged_against_the_mucosa():
+    # Green/red 0.48 is "pink" on its own; against a mucosa at 0.55 the polyp is redder.
+    image, mask = _flat_frame((200, 96, 80), (200, 110, 90), 40)
+    a = measure_attributes(image, mask)
+    assert a.chroma_gr == pytest.approx(0.48) and a.mucosa_chroma_gr == pytest.approx(0.55)
+    assert a.colour == "red"
+    image, mask = _flat_frame((200, 104, 80), (200, 110, 90), 40)  # 0.52: not clearly redder
+    assert measure_attributes(image, mask).colour == "pink"
+
+
+def test_close_ups_read_raised():
+    # No top-to-rim relief at all: flat when small, raised when it fills the view.
+    image, mask = _flat_frame((200, 104, 80), (200, 110, 90), 40)
+    assert measure_attributes(image, mask).swelling == "flat"
+    image, mask = _flat_frame((200, 104, 80), (200, 110, 90), 70)  # 38 % of the frame
+    a = measure_attributes(image, mask)
+    assert a.area_fraction > 0.24 and abs(a.relief) < 0.02 and a.swelling == "moderate"

@@ -71,7 +71,7 @@ def test_schema_and_library_defaults_agree():
         "data.phantom": (render_phantom, ("width", "height")),
         "caption": (caption_manifest, ("max_tokens",)),
         "caption.llama": (
-            LlamaCaptioner, ("n_ctx", "max_new_tokens", "temperature", "retries")),
+            LlamaCaptioner, ("prompt", "n_ctx", "max_new_tokens", "temperature", "retries")),
         "bootstrap": (BootstrapSettings, (
             "vae_steps", "unet_steps", "batch_size", "checkpoint_every", "polyp_weight",
             "seed")),
@@ -93,7 +93,7 @@ def test_schema_and_library_defaults_agree():
             value = list(value) if isinstance(value, tuple) else value
             assert workflow == value, f"{section}.{key}: schema {workflow!r}, library {value!r}"
             checked += 1
-    assert checked == 39
+    assert checked == 40
 
 
 def test_left_out_options_take_the_library_defaults():

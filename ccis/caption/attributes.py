@@ -5,8 +5,10 @@ them. Every measurement works on any image size: lengths are taken relative to t
 frame or to the polyp, areas as fractions.
 
 Categories match the phantom generator's (``ccis.data.phantom``), so measurement
-accuracy can be checked exactly on phantom data; thresholds were calibrated there and
-sanity-checked on real Kvasir-SEG frames.
+accuracy can be checked exactly on phantom data; thresholds were calibrated there, then
+two rules were added for real Kvasir-SEG frames (checked against labels given by eye in
+``docs/real_labels.csv``, see ``benchmarks/caption_bench.py``) that change no phantom
+answer: colour is also judged against the surrounding mucosa, and close-ups are raised.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class Attributes:
     debris_fraction: float
     highlight_fraction: float
     fold_density: float
+    # Green/red chromaticity of the mucosa (the reference for "redder than the mucosa");
+    # defaulted so attributes stored before it was measured still load.
+    mucosa_chroma_gr: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,9 +130,16 @@ def _shape(component: np.ndarray) -> tuple[str, float, float, float]:
     return name, circularity, solidity, aspect
 
 
-def _colour_name(gr: float, br: float) -> str:
-    """Polyp colour from its chromaticity (green/red and blue/red ratios)."""
-    if gr < 0.36:
+# Real descriptions are relative: a polyp clearly redder than the mucosa around it reads
+# "red" even where both are orange-red. 0.06 below the mucosa's green/red ratio separates
+# the real frames labelled red from the pink ones; phantom pink polyps never fall more than
+# 0.045 below their mucosa (they are paler than it), so no phantom answer changes.
+REDDER_THAN_MUCOSA = 0.06
+
+
+def _colour_name(gr: float, mucosa_gr: float) -> str:
+    """Polyp colour from its green/red chromaticity, absolute and against the mucosa's."""
+    if gr < 0.36 or (mucosa_gr > 0 and gr < mucosa_gr - REDDER_THAN_MUCOSA):
         return "red"
     if gr > 0.62:
         return "pale"
@@ -228,8 +240,8 @@ def measure_attributes(image: np.ndarray, mask: np.ndarray) -> Attributes:
         else:
             relief = 0.0
         texture = "rough" if roughness > 0.024 else "smooth"
-        swelling = _swelling_name(relief)
-        colour = _colour_name(gr, br)
+        swelling = _swelling_name(relief, area)
+        colour = _colour_name(gr, mgr)
     else:
         shape = size = texture = swelling = colour = location = "none"
         circularity = solidity = aspect = roughness = relief = 0.0
@@ -251,6 +263,7 @@ def measure_attributes(image: np.ndarray, mask: np.ndarray) -> Attributes:
         folds=fold_density > 0.05,
         chroma_gr=gr,
         chroma_br=br,
+        mucosa_chroma_gr=mgr,
         circularity=circularity,
         solidity=solidity,
         aspect=aspect,
@@ -262,8 +275,17 @@ def measure_attributes(image: np.ndarray, mask: np.ndarray) -> Attributes:
     )
 
 
-def _swelling_name(relief: float) -> str:
-    """Swelling from the top-to-rim brightness ratio of the polyp (minus one)."""
+# Polyps covering more than this fraction of the frame are close-ups. Up close the scope's
+# light floods the whole polyp, so its top is no brighter than its rim and the relief cue
+# reads "flat" or "slight" for large bulging real polyps; a lesion that fills a quarter of
+# the view is a raised one. Phantom polyps stay below 0.22, so their answers do not change.
+CLOSE_UP_AREA = 0.24
+
+
+def _swelling_name(relief: float, area: float = 0.0) -> str:
+    """Swelling from the top-to-rim brightness ratio of the polyp (minus one) and its area."""
+    if area > CLOSE_UP_AREA and relief < 0.12:
+        return "moderate"
     if relief < 0.02:
         return "flat"
     if relief < 0.12:

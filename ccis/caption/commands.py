@@ -11,7 +11,7 @@ from ccis.common.arguments import given
 log = logging.getLogger(__name__)
 
 # `--llama-<key>` options, passed to LlamaCaptioner only when given (its defaults apply).
-LLAMA_OPTIONS = ("n_ctx", "max_new_tokens", "temperature", "retries")
+LLAMA_OPTIONS = ("prompt", "n_ctx", "max_new_tokens", "temperature", "retries")
 
 
 def _cmd_caption(args: argparse.Namespace) -> None:
@@ -81,6 +81,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     lam = cap.add_argument_group("llama captioner (options left out take its defaults)")
     lam.add_argument("--llama-model", type=Path, help="GGUF model file")
     lam.add_argument("--llama-mmproj", type=Path, help="vision projector GGUF (LLaVA-style)")
+    lam.add_argument(
+        "--llama-prompt", choices=("auto", "chat", "completion"),
+        help="chat template (instruction models) or few-shot completion (base models); "
+        "auto: chat when the GGUF has a chat template",
+    )  # fmt: skip
     lam.add_argument("--llama-n-ctx", type=int)
     lam.add_argument("--llama-max-new-tokens", type=int)
     lam.add_argument("--llama-temperature", type=float)

@@ -1,12 +1,14 @@
-"""LLaMA captioner: llama-cpp-python with a local GGUF model, grounded and checked.
+"""LLaMA captioner: a local GGUF language model through llama-cpp-python, grounded and checked.
 
-The prompt carries the paper's instruction and the attributes measured from the pixels;
-the answer is constrained by a JSON schema (compiled to a llama.cpp grammar) in which the
-model first commits to colour, shape, texture and swelling, then writes the caption.
-Answers that disagree with the measurements, or whose caption does not name the measured
-colour or names another, are rejected and retried; after the last retry the pair gets the
-template caption, marked as a fallback. With a vision projector (``mmproj``) a
-multimodal LLaMA/LLaVA model also sees the image. Results are cached by a hash of
+The model phrases the attributes measured from the pixels (``ccis.caption.attributes``):
+instruction-tuned models through their chat template, base models through a few-shot
+completion prompt (``ccis.caption.prompts``; chosen from the GGUF's metadata unless set).
+The answer is JSON, ``{"caption": "..."}``: the prompt opens it and a llama.cpp grammar
+writes the rest, so it always parses (``ccis.caption.constrained``). Captions that
+contradict the measurements or do not name the measured colour
+(``ccis.caption.consistency``) are rejected and sampled again; after the last retry the
+pair gets the template caption, marked as a fallback. With a vision projector
+(``mmproj``) a LLaVA-style model also sees the image. Results are cached by a hash of
 everything that determines them, so a re-run does not generate again.
 """
 
@@ -17,16 +19,24 @@ import hashlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
+import numpy as np
+
 from ccis.caption.attributes import Attributes
-from ccis.caption.base import PAPER_INSTRUCTION, Caption
-from ccis.caption.phrases import (
-    COLOUR_WORDS,
-    colour_conflicts,
-    describe_attributes,
-    polyp_clause,
+from ccis.caption.base import Caption
+from ccis.caption.consistency import check_caption
+from ccis.caption.constrained import Sampling, generate
+from ccis.caption.llama_load import load_llama
+from ccis.caption.prompts import (
+    ANSWER_OPEN,
+    CAPTION_CHARS,
+    answer_grammar,
+    chat_messages,
+    choose_prompt_kind,
+    completion_prompt,
+    render_chat,
+    word_limit,
 )
 from ccis.caption.template import TemplateCaptioner
 from ccis.common.atomic import write_bytes_atomic
@@ -35,24 +45,6 @@ from ccis.common.hashing import sha256_bytes
 log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
-SYSTEM_PROMPT = (
-    "You write short, factual captions for a colonoscopy polyp data set. The measurements "
-    "you are given were taken from the pixels: describe them, never contradict them, and "
-    "add nothing they do not support."
-)
-STYLE_EXAMPLE = (
-    "The polyp is pink, round, smooth-textured, and slightly swollen, set against a "
-    "background of mucosal tissue with some yellowish debris."
-)
-# Caption characters: letters, digits and plain punctuation. Restricting them in the
-# grammar keeps control characters (which strict JSON rejects) out of the answer.
-CAPTION_PATTERN = r"^[A-Za-z0-9 ,.;:'()-]{10,320}$"
-ENUMS = {
-    "colour": ["pale", "pink", "red"],
-    "shape": ["round", "oval", "irregular", "lobulated"],
-    "texture": ["smooth", "rough"],
-    "swelling": ["flat", "slight", "moderate", "significant"],
-}
 
 
 class CaptionerError(ValueError):
@@ -84,53 +76,16 @@ def file_id(path: Path, chunk: int = 1 << 20) -> str:
     return sha256_bytes(str(size).encode() + head + tail)
 
 
-def answer_schema(attributes: Attributes) -> dict:
-    """JSON schema of the model's answer for these attributes."""
-    caption = {"type": "string", "pattern": CAPTION_PATTERN}
-    if attributes.n_polyps == 0:
-        return {
-            "type": "object",
-            "properties": {"caption": caption},
-            "required": ["caption"],
-            "additionalProperties": False,
-        }
-    props = {key: {"enum": values} for key, values in ENUMS.items()}
-    props["caption"] = caption
-    return {
-        "type": "object",
-        "properties": props,
-        "required": [*ENUMS, "caption"],
-        "additionalProperties": False,
-    }
-
-
 def check_answer(answer: dict, attributes: Attributes) -> list[str]:
-    """Why an answer disagrees with the measurements (empty when it is acceptable)."""
-    problems = []
-    caption = str(answer.get("caption", "")).strip()
-    words = re.findall(r"[A-Za-z]+", caption)
-    if not 5 <= len(words) <= 60:
-        problems.append(f"caption has {len(words)} words (want 5 to 60)")
-    if attributes.n_polyps == 0:
-        if "no polyp" not in caption.lower():
-            problems.append("caption does not say that no polyp is visible")
-        return problems
-    for key in ENUMS:
-        measured = getattr(attributes, key)
-        if answer.get(key) != measured:
-            problems.append(f"{key} {answer.get(key)!r} but measured {measured!r}")
-    lowered = polyp_clause(caption).lower()
-    named = (re.search(rf"\b{re.escape(w)}\b", lowered) for w in COLOUR_WORDS[attributes.colour])
-    if not any(named):
-        problems.append(f"caption does not name the measured colour {attributes.colour!r}")
-    conflicts = colour_conflicts(attributes.colour, caption)
-    if conflicts:
-        problems.append(f"caption names other colours: {', '.join(conflicts)}")
-    return problems
+    """Why an answer (parsed JSON) disagrees with the measurements (empty when acceptable)."""
+    caption = answer.get("caption")
+    if not isinstance(caption, str):
+        return ["answer has no caption string"]
+    return check_caption(" ".join(caption.split()), attributes)
 
 
 class LlamaCaptioner:
-    """Captions with a local GGUF LLaMA through llama-cpp-python."""
+    """Captions with a local GGUF language model through llama-cpp-python."""
 
     name = "llama"
 
@@ -139,9 +94,11 @@ class LlamaCaptioner:
         model: str | os.PathLike,
         *,
         mmproj: str | os.PathLike | None = None,
+        prompt: str = "auto",
         n_ctx: int = 2048,
         max_new_tokens: int = 256,
         temperature: float = 0.7,
+        repeat_penalty: float = 1.5,
         retries: int = 3,
         seed: int = 0,
         threads: int | None = None,
@@ -152,7 +109,7 @@ class LlamaCaptioner:
         if retries < 1:
             raise CaptionerError(f"retries must be at least 1, got {retries}")
         self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
+        self.sampling = Sampling(temperature=temperature, repeat_penalty=repeat_penalty)
         self.retries = retries
         self.seed = seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -161,41 +118,40 @@ class LlamaCaptioner:
         self.version = f"llama-{self.model.name}-{self.model_id[:12]}"
         self.fallback = TemplateCaptioner(seed)
 
-        from llama_cpp import Llama
-
         handler = None
         if self.mmproj is not None:
             from llama_cpp.llama_chat_format import Llava15ChatHandler
 
             handler = Llava15ChatHandler(clip_model_path=str(self.mmproj), verbose=False)
         try:
-            self.llm = Llama(
-                model_path=str(self.model),
-                n_ctx=n_ctx,
-                seed=seed,
-                n_threads=threads,
-                chat_handler=handler,
-                verbose=False,
+            self.llm = load_llama(
+                self.model, n_ctx=n_ctx, threads=threads, seed=seed, chat_handler=handler
             )
         except ValueError as err:
             raise CaptionerError(f"{self.model}: llama.cpp cannot load it ({err})") from err
-        log.info("loaded %s (%s)", self.model, self.version)
+        metadata = self.llm.metadata
+        self.chat_template = metadata.get("tokenizer.chat_template")
+        try:
+            self.prompt_kind = choose_prompt_kind(prompt, metadata)
+        except ValueError as err:
+            raise CaptionerError(str(err)) from err
+        if self.prompt_kind == "chat" and not self.chat_template and self.mmproj is None:
+            raise CaptionerError(
+                f"{self.model}: caption.llama.prompt is 'chat' but the GGUF has no chat "
+                "template (tokenizer.chat_template); use 'completion' (or 'auto') for base models"
+            )
+        log.info(
+            "loaded %s (%s): %s prompt (%s)", self.model, self.version, self.prompt_kind,
+            "chat template in the GGUF" if self.chat_template else "no chat template: base model",
+        )  # fmt: skip
 
-    def _messages(self, attributes: Attributes, image_png: bytes | None, drop: int) -> list[dict]:
-        limit = max(12, 40 - 6 * drop)
-        text = (
-            f"{PAPER_INSTRUCTION}\n\nMeasurements: {describe_attributes(attributes)}.\n"
-            f"Write one sentence of at most {limit} words in this style: {STYLE_EXAMPLE}\n"
-            "Answer in JSON with the attributes you describe and the caption."
-        )
-        content: str | list[dict] = text
-        if self.mmproj is not None and image_png is not None:
-            uri = "data:image/png;base64," + base64.b64encode(image_png).decode()
-            content = [
-                {"type": "image_url", "image_url": {"url": uri}},
-                {"type": "text", "text": text},
-            ]
-        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+    def prompt(self, attributes: Attributes, drop: int = 0) -> str:
+        """The text the model continues for these attributes (its answer follows)."""
+        if self.prompt_kind == "completion":
+            return completion_prompt(attributes, drop)
+        bos = self.llm.detokenize([self.llm.token_bos()], special=True).decode("utf-8", "replace")
+        eos = self.llm.detokenize([self.llm.token_eos()], special=True).decode("utf-8", "replace")
+        return render_chat(self.chat_template, chat_messages(attributes, drop), bos, eos)
 
     def _cache_key(
         self, pair_id: str, attributes: Attributes, image_png: bytes | None, drop: int
@@ -205,10 +161,11 @@ class LlamaCaptioner:
             "pair": pair_id,
             "model": self.model_id,
             "mmproj": self.mmproj_id,
-            "messages": self._messages(attributes, None, drop),
+            "prompt": self.prompt(attributes, drop) if self.mmproj is None else None,
+            "messages": chat_messages(attributes, drop),
             "image": sha256_bytes(image_png) if (image_png and self.mmproj) else None,
-            "schema": answer_schema(attributes),
-            "params": [self.max_new_tokens, self.temperature, self.retries, self.seed],
+            "grammar": answer_grammar(attributes, drop),
+            "params": [self.max_new_tokens, self.sampling.__dict__, self.retries, self.seed],
         }
         return sha256_bytes(json.dumps(parts, sort_keys=True).encode())
 
@@ -224,16 +181,64 @@ class LlamaCaptioner:
         cached = self.cache_dir / f"{key}.json" if self.cache_dir else None
         if cached is not None and cached.is_file():
             return Caption(**json.loads(cached.read_text()))
-        result = self._generate(pair_id, attributes, image_png, drop)
+        result = self._caption(pair_id, attributes, image_png, drop)
         if cached is not None:
             write_bytes_atomic(cached, json.dumps(result.__dict__).encode())
         return result
 
-    def _generate(
+    def answer(self, attributes: Attributes, drop: int, rng: np.random.Generator) -> str:
+        """One raw answer (JSON text) of the model for these attributes."""
+        tokens = self.llm.tokenize(
+            self.prompt(attributes, drop).encode("utf-8"),
+            add_bos=self.prompt_kind == "completion",
+            special=True,
+        )
+        out = generate(
+            self.llm,
+            tokens,
+            answer_grammar(attributes, drop),
+            rng=rng,
+            sampling=self.sampling,
+            max_tokens=self.max_new_tokens,
+        )
+        log.debug("%d prompt tokens evaluated, %d generated (%s)", out.prompt_tokens,
+                  out.tokens, out.finish)  # fmt: skip
+        return ANSWER_OPEN + out.text
+
+    def _answer_with_image(
+        self, attributes: Attributes, image_png: bytes, drop: int, seed: int
+    ) -> str:
+        # The vision path goes through llama-cpp-python's LLaVA chat handler, which embeds
+        # the image; it applies the grammar (from a JSON schema) its own way.
+        messages = chat_messages(attributes, drop)
+        uri = "data:image/png;base64," + base64.b64encode(image_png).decode()
+        messages[1]["content"] = [
+            {"type": "image_url", "image_url": {"url": uri}},
+            {"type": "text", "text": messages[1]["content"]},
+        ]
+        schema = {
+            "type": "object",
+            "properties": {
+                "caption": {
+                    "type": "string",
+                    "pattern": f"^{CAPTION_CHARS}{{20,{7 * word_limit(drop)}}}$",
+                }
+            },
+            "required": ["caption"],
+            "additionalProperties": False,
+        }
+        out = self.llm.create_chat_completion(
+            messages=messages,
+            response_format={"type": "json_object", "schema": schema},
+            max_tokens=self.max_new_tokens,
+            temperature=self.sampling.temperature,
+            seed=seed,
+        )
+        return out["choices"][0]["message"]["content"] or ""
+
+    def _caption(
         self, pair_id: str, attributes: Attributes, image_png: bytes | None, drop: int
     ) -> Caption:
-        messages = self._messages(attributes, image_png, drop)
-        schema = answer_schema(attributes)
         problems: list[str] = []
         # Each pair samples with its own seed: pairs with equal measurements still get
         # different phrasings, and a pair's answer does not depend on the order of pairs.
@@ -241,24 +246,23 @@ class LlamaCaptioner:
             hashlib.sha256(f"{self.seed}:{pair_id}".encode()).digest()[:4], "little"
         )
         for attempt in range(self.retries):
-            out = self.llm.create_chat_completion(
-                messages=messages,
-                response_format={"type": "json_object", "schema": schema},
-                max_tokens=self.max_new_tokens,
-                temperature=self.temperature,
-                seed=(pair_seed + attempt) % 2**31,
-            )
-            choice = out["choices"][0]
-            raw = choice["message"]["content"] or ""
+            if self.mmproj is not None and image_png is not None:
+                raw = self._answer_with_image(
+                    attributes, image_png, drop, (pair_seed + attempt) % 2**31
+                )
+            else:
+                raw = self.answer(attributes, drop, np.random.default_rng([pair_seed, attempt]))
             try:
                 answer = json.loads(raw)
             except json.JSONDecodeError:
-                reason = "ran out of tokens" if choice.get("finish_reason") == "length" else ""
-                problems.append(f"answer is not valid JSON {reason}".strip())
+                problems.append("answer is not valid JSON (ran out of tokens?)")
                 continue
             issues = check_answer(answer, attributes)
             if not issues:
-                return Caption(" ".join(answer["caption"].split()), self.name)
+                text = " ".join(answer["caption"].split())
+                if not text.endswith("."):  # a sentence, like the template's
+                    text = text.rstrip(",;:- ") + "."
+                return Caption(text, self.name)
             problems.append("; ".join(issues))
             log.debug("%s: attempt %d rejected: %s", pair_id, attempt + 1, problems[-1])
         log.warning(
