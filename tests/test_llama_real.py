@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from ccis.caption.attributes import measure_attributes
 from ccis.caption.consistency import check_caption, named_attributes
@@ -40,7 +41,9 @@ def gemma(request, tmp_path_factory) -> Path:
     cache = request.config.cache
     folder = cache.mkdir("gemma3-270m") if cache is not None else tmp_path_factory.mktemp("g")
     start = time.perf_counter()
-    path = gemma_package.assemble(folder / gemma_package.MODEL_NAME)
+    # pytest-xdist workers share the cache folder: one assembles, the other waits for it.
+    with FileLock(str(folder / "assemble.lock")):
+        path = gemma_package.assemble(folder / gemma_package.MODEL_NAME)
     print(f"gemma GGUF ready in {time.perf_counter() - start:.2f} s: {path}")
     return path
 
