@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,8 +102,8 @@ def train_branch(
 ) -> Path:
     """Train generator ``kind`` and save its branch to ``out`` (a diffusers folder).
 
-    ``work`` keeps checkpoints, the loss log (with TAAM's λ per block) and validation
-    images between runs. The channel tuples shape the branch
+    ``work`` keeps checkpoints, the loss log (TAAM's λ per block, each step's seconds)
+    and validation images between runs. The channel tuples shape the branch
     (:func:`ccis.generator.registry.build_branch` gives each class the ones it takes).
     """
     from accelerate import Accelerator
@@ -165,7 +166,8 @@ def train_branch(
     takes_masks = takes_text_masks(unwrapped)
     start_lambdas = getattr(unwrapped, "taam_lambdas", lambda: None)()
     blocks = 0 if start_lambdas is None else len(start_lambdas)
-    columns = ("step", "loss", *(f"lambda_{i}" for i in range(blocks)))
+    # seconds: the step's wall time (the paper-shape benchmark reads it).
+    columns = ("step", "loss", *(f"lambda_{i}" for i in range(blocks)), "seconds")
 
     # fp16 runs under a dynamic loss scaler, which skips steps with inf gradients (counted).
     scaled, skipped = settings.mixed_precision == "fp16", 0
@@ -173,6 +175,7 @@ def train_branch(
         progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
                         desc=f"train {kind}", disable=not accelerator.is_main_process)  # fmt: skip
         for step in progress:
+            began = time.perf_counter()
             total = 0.0
             for micro in range(settings.gradient_accumulation):
                 global_micro = step * settings.gradient_accumulation + micro
@@ -229,7 +232,9 @@ def train_branch(
             done = step + 1
             if accelerator.is_main_process:
                 values = unwrapped.taam_lambdas().detach().tolist() if blocks else []
-                append_row(loss_log, columns, (done, f"{total:.6f}", *(f"{v:.6f}" for v in values)))
+                seconds = f"{time.perf_counter() - began:.3f}"
+                lambdas = (f"{v:.6f}" for v in values)
+                append_row(loss_log, columns, (done, f"{total:.6f}", *lambdas, seconds))
                 progress.set_postfix(loss=f"{total:.4f}")
             # A stop request (SIGTERM, SIGUSR1) checkpoints this step, whatever the schedule.
             stopping = done < settings.steps and stop.agreed(accelerator)
