@@ -13,7 +13,12 @@ from ccis.data.phantom import render_phantom
 from ccis.diffusion.model import CCISControlNetModel
 from ccis.diffusion.pipeline import CCISPipeline, masks_to_tensor
 from ccis.diffusion.presets import TINY_CONDITIONING_CHANNELS, load_sd15, tiny_components
-from ccis.diffusion.taam import content_token_mask, text_scores, token_grid
+from ccis.diffusion.taam import (
+    content_token_mask,
+    key_bias_attention,
+    text_scores,
+    token_grid,
+)
 
 PROMPTS = ["the polyp is red , round and smooth", "a pale polyp against pink mucosa", ""]
 
@@ -150,6 +155,54 @@ def test_taam_at_lambda_one_acts_on_prompts_and_not_on_the_empty_prompt(base):
     # The empty prompt (CFG's unconditional half) has S = 0: no bias, the same residuals.
     torch.testing.assert_close(residuals(full, ["", ""]), residuals(no_taam, ["", ""]),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("d", [8, 40])  # 40: SD v1.5's first blocks (320 channels, 8 heads)
+def test_key_bias_attention_equals_the_masked_softmax_and_its_gradients(d):
+    """TAAM's bias as an extra key channel is softmax(QKᵀ/√d + log(1 + λS))·V, as the float
+    mask gave it: same values, same gradients for λ and for Q, K, V."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 50, d, generator=g, dtype=torch.float64) for _ in range(3))
+    scores = torch.rand(2, 50, generator=g, dtype=torch.float64)
+    scores[1] = 0  # an empty prompt: no bias
+
+    def run(attention):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        lam = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+        out = attention(*leaves, torch.log1p(lam * scores))
+        (out * torch.linspace(-1, 1, d, dtype=torch.float64)).square().sum().backward()
+        return out, lam.grad, [t.grad for t in leaves]
+
+    def masked(query, key, value, bias):
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias[:, None, None, :])
+
+    out, lam_grad, grads = run(key_bias_attention)
+    ref, ref_lam_grad, ref_grads = run(masked)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(lam_grad, ref_lam_grad, rtol=1e-10, atol=1e-12)
+    assert abs(float(lam_grad)) > 1e-3  # λ does learn through it
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+    # The bias matters: without it the output differs.
+    assert (out - masked(q, k, v, torch.zeros(2, 50, dtype=torch.float64))).abs().max() > 1e-3
+
+
+def test_taam_self_attention_runs_in_the_fused_kernel(base):
+    """With only the fused (flash) kernel allowed, TAAM's forward and backward run; the
+    float mask needing λ's gradient had no fused kernel (the reason for the key channel)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    branch = _branch(base)
+    _perturb_zero_layers(branch)
+    latents, t, text, masks, keys = _inputs(base, batch=2)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        down, mid = branch(latents, t, text, masks, text_key_mask=keys.bool(), return_dict=False)
+        sum(r.square().mean() for r in [*down, mid]).backward()
+    assert branch.taam_lambda.grad is not None and branch.taam_lambda.grad.abs().max() > 0
+    q = torch.randn(1, 2, 16, 8, requires_grad=True)
+    bias = torch.log1p(torch.rand(1, 16, requires_grad=True))
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(q, q, q, attn_mask=bias[:, None, None, :]).sum().backward()
 
 
 def test_reinjection_has_an_effect_of_its_own(base):

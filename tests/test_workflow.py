@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -109,6 +112,100 @@ def test_fake_pranet_split_through_configfile(micro_workdir):
     assert list(test_table["id"]) == ["cvc300-149"]
     # The phantom splits of config.yaml are replaced, not merged in.
     assert not (micro_workdir / "out" / "data" / "centre1.parquet").exists()
+
+
+def _job_counts(dry_run: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table of a dry run, as {rule: jobs}."""
+    table = dry_run.split("Job stats:")[1].split("total")[0]
+    rows = (line.split() for line in table.splitlines()[3:])
+    return {row[0]: int(row[1]) for row in rows if len(row) == 2}
+
+
+def test_paper_configuration_plans_the_whole_dag_on_a_pranet_folder(tmp_path):
+    """configs/paper.yaml over the default config.yaml, as `snakemake --configfile
+    configs/paper.yaml` runs it from the repository root, against a PraNet-layout folder
+    and the model files a user places: every stage is planned, with the paper's settings."""
+    import yaml
+
+    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    data = tmp_path / "datasets"
+    write_pairs(data / "TrainDataset" / "images", data / "TrainDataset" / "masks",
+                ["cju0a", "cju0b", "1", "2"])  # fmt: skip
+    for name, stems in {"CVC-300": ["149"], "CVC-ClinicDB": ["3"], "Kvasir": ["cju1a"]}.items():
+        test = data / "TestDataset" / name
+        write_pairs(test / "images", test / "masks", stems)
+    # What a user fetches: SD v1.5 (its tokenizer counts caption tokens), the LLaMA GGUF,
+    # the ImageNet backbones, the CLIP checkpoint. The plan reads none of them.
+    (tmp_path / paper["caption"]["tokenizer"]).mkdir(parents=True)
+    (tmp_path / paper["model"]["sd15"] / "model_index.json").write_text("{}")
+    for path in (paper["caption"]["llama"]["model"], paper["metrics"]["clip_pretrained"],
+                 paper["segmentation"]["pranet"]["pretrained_file"],
+                 paper["segmentation"]["polyp_pvt"]["pretrained_file"]):  # fmt: skip
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"")
+    dry = snakemake(
+        tmp_path, "-n", "-p", "--configfile", str(REPO / "configs" / "paper.yaml")
+    ).stdout
+    counts = _job_counts(dry)
+    generators = len(paper["generators"])
+    settings = 2 + generators  # real, real_x2 (step-matched), real+<generator>
+    segmenters = (
+        len(paper["segmentation"]["models"]) * settings * len(paper["segmentation"]["seeds"])
+    )
+    expected = {
+        "prepare": len(paper["data"]["splits"]), "caption": paper["caption"]["shards"],
+        "gather_captions": 1, "train_generator": generators,
+        "synthesize": generators * paper["synthesis"]["shards"], "gather_synthetic": generators,
+        "text_adherence": generators, "metrics_generation": generators,
+        "train_segmenter": segmenters, "evaluate_segmenter": segmenters,
+        "generation_table": 1, "segmentation_table": 1, "report": 1, "all": 1,
+    }  # fmt: skip
+    assert {rule: counts.get(rule) for rule in expected} == expected
+    assert "bootstrap" not in counts  # SD v1.5 is the base: nothing is trained from scratch
+    train = [line for line in dry.splitlines() if "ccis train-generator --generator ccis " in line]
+    assert len(train) == 1
+    for option in ("--base models/stable-diffusion-v1-5", "--batch-size 4", "--resolution 512",
+                   "--learning-rate 1e-05", "--mixed-precision bf16",
+                   "--gradient-checkpointing"):  # fmt: skip
+        assert option in train[0], option
+    pranet = next(line for line in dry.splitlines() if "--model pranet" in line and "train" in line)
+    for option in ("--backbone res2net50d", "--size 352", "--batch-size 16",
+                   "--pretrained-file models/timm/res2net50d.safetensors"):  # fmt: skip
+        assert option in pranet, option
+    assert "--captioner llama" in dry
+
+
+# Real Kvasir-SEG frames, when this machine has some: $CCIS_REAL_SAMPLES or the project's
+# shared folder beside the repository (a Kvasir-SEG layout: images/, masks/).
+REAL_SAMPLES = Path(
+    os.environ.get("CCIS_REAL_SAMPLES", REPO.parent / "shared" / "real-samples" / "Kvasir-SEG")
+)
+
+
+@pytest.mark.skipif(not REAL_SAMPLES.is_dir(), reason="no real Kvasir-SEG frames on this machine")
+def test_real_kvasir_frames_through_prepare_and_caption(tmp_path):
+    """configs/real-samples.yaml as a user runs it, on real Kvasir-SEG frames copied in as
+    their own folder (four pairs: JPEG masks with grey edges, native sizes): every pair
+    imported and captioned from what its pixels show."""
+    frames = sorted(p.stem for p in (REAL_SAMPLES / "images").glob("*.jpg"))[:4]
+    own = tmp_path / "datasets" / "Kvasir-SEG"
+    for folder in ("images", "masks"):
+        (own / folder).mkdir(parents=True)
+        for stem in frames:
+            shutil.copy(REAL_SAMPLES / folder / f"{stem}.jpg", own / folder)
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    target = "results-real-samples/captions/train.parquet"
+    snakemake(tmp_path, target, "--cores", "2", "--configfile",
+              str(REPO / "configs" / "real-samples.yaml"))  # fmt: skip
+    pairs = pd.read_parquet(tmp_path / "results-real-samples" / "data" / "train.parquet")
+    assert sorted(pairs["id"]) == [f"kvasir-{stem}" for stem in frames]
+    assert (pairs["width"] > 500).all() and pairs["area_fraction"].between(0.001, 0.9).all()
+    assert pairs["notes"].str.contains("threshold").all()  # JPEG masks: grey edges cut at 128
+    triplets = pd.read_parquet(tmp_path / target)
+    assert sorted(triplets["id"]) == sorted(pairs["id"])
+    assert triplets["caption"].str.contains("polyp").all()
+    assert triplets["caption"].nunique() == len(triplets)  # each frame its own description
 
 
 def test_workflow_is_lint_clean():

@@ -128,16 +128,43 @@ def tiny_components(texts: Iterable[str], image_size: int = 64, seed: int = 0) -
     }
 
 
-def load_sd15(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -> dict:
+def load_sd15(
+    source: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    config: str | os.PathLike | None = None,
+) -> dict:
     """Base components of Stable Diffusion v1.5 from a diffusers folder, a hub id or a
-    single-file checkpoint; the scheduler is the paper's DDIM."""
+    single-file checkpoint; the scheduler is the paper's DDIM.
+
+    A single file (original layout, e.g. ``v1-5-pruned-emaonly.safetensors``) is read
+    offline: its configuration is SD v1.5's, shipped with ``ccis``
+    (``ccis.diffusion.sd15``), or ``config``, a diffusers folder whose configurations
+    describe the file (tests give narrower widths); the tokenizer is CLIP's, built from
+    open_clip's vocabulary file unless ``config`` has one.
+    """
     from diffusers import StableDiffusionPipeline
 
     path = Path(source)
     if path.suffix in (".safetensors", ".ckpt"):
+        from ccis.diffusion.sd15 import SD15_CONFIG, clip_tokenizer
+
         if not path.is_file():
             raise FileNotFoundError(f"{path}: Stable Diffusion checkpoint not found")
-        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype)
+        config_dir = Path(config) if config is not None else SD15_CONFIG
+        if not (config_dir / "model_index.json").is_file():
+            raise FileNotFoundError(f"{config_dir}: not a diffusers folder (no model_index.json)")
+        has_tokenizer = (config_dir / "tokenizer" / "vocab.json").is_file()
+        extra = {} if has_tokenizer else {"tokenizer": clip_tokenizer()}
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(path), config=str(config_dir), local_files_only=True, dtype=dtype,
+                safety_checker=None, feature_extractor=None, **extra,
+            )  # fmt: skip
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ValueError(
+                f"{path}: cannot read as a Stable Diffusion v1 checkpoint in the original "
+                f"layout with the configuration of {config_dir} ({err})"
+            ) from err
     else:
         if path.exists() and not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path}: not a diffusers folder (no model_index.json)")

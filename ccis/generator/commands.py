@@ -82,6 +82,13 @@ def _cmd_synthesize(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_make_sd15_shaped(args: argparse.Namespace) -> None:
+    from ccis.diffusion.sd15 import save_sd15_shaped
+
+    use_threads(args.threads)
+    save_sd15_shaped(args.out, seed=args.seed)
+
+
 def _generator_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", required=True, choices=REGISTRY)
     parser.add_argument("--triplets", required=True, type=Path)
@@ -133,3 +140,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_options(syn, SYNTHESIS_OPTIONS)
     syn.add_argument("--threads", type=int, default=None)
     syn.set_defaults(func=_cmd_synthesize)
+
+    shaped = sub.add_parser(
+        "make-sd15-shaped",
+        help="write a random-weight Stable Diffusion v1.5-shaped base (rehearsals, no download)",
+        description="Builds SD v1.5's UNet, VAE and CLIP ViT-L/14 text encoder from the "
+        "configurations shipped with ccis, with random weights, and CLIP's tokenizer from "
+        "open_clip's vocabulary file; writes OUT/diffusers (a diffusers folder) and "
+        "OUT/sd15.safetensors (the same weights in the original single-file layout). Either "
+        "can be a --base. About 4.3 GB each.",
+    )
+    shaped.add_argument("out", type=Path, help="folder to write")
+    shaped.add_argument("--seed", type=int, default=0)
+    shaped.add_argument("--threads", type=int, default=None)
+    shaped.set_defaults(func=_cmd_make_sd15_shaped)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -102,12 +103,16 @@ def synthesize(
                     masks.append(mask)
                 # The seed follows the image, not the batch: a resumed run draws the same images.
                 seeds = [seed + shard[0] + k * shard[1] for k in chunk]
+                began = time.perf_counter()
                 with torch.no_grad():
                     prompts = [part.at[k, "caption"] for k in chunk]
                     images = pipe(
                         prompts, masks, num_inference_steps=steps, guidance_scale=guidance_scale,
                         seed=seeds, progress=False,
                     )  # fmt: skip
+                seconds = time.perf_counter() - began
+                log.info("generated %d image(s) in %.2f s (%.3f s per DDIM step)",
+                         len(chunk), seconds, seconds / steps)  # fmt: skip
                 for k, image, original in zip(chunk, images, originals, strict=True):
                     h, w = original.shape
                     rgb = cv2.resize(

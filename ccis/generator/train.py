@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,8 +104,8 @@ def train_branch(
 ) -> Path:
     """Train generator ``kind`` and save its branch to ``out`` (a diffusers folder).
 
-    ``work`` keeps checkpoints, the loss log (with TAAM's λ per block) and validation
-    images between runs. The channel tuples shape the branch
+    ``work`` keeps checkpoints, the loss log (TAAM's λ per block, each step's seconds)
+    and validation images between runs. The channel tuples shape the branch
     (:func:`ccis.generator.registry.build_branch` gives each class the ones it takes).
     """
     from accelerate import Accelerator
@@ -167,10 +168,11 @@ def train_branch(
     takes_masks = takes_text_masks(unwrapped)
     start_lambdas = getattr(unwrapped, "taam_lambdas", lambda: None)()
     blocks = 0 if start_lambdas is None else len(start_lambdas)
-    # A generator's own objective may add terms (logged as loss_<term> after the total).
+    # A generator's own objective may add terms (logged as loss_<term> after the total);
+    # seconds: the step's wall time (the paper-shape benchmark reads it).
     objective, terms = objective_of(unwrapped), loss_terms_of(unwrapped)
     columns = ("step", "loss", *(f"loss_{t}" for t in terms),
-               *(f"lambda_{i}" for i in range(blocks)))  # fmt: skip
+               *(f"lambda_{i}" for i in range(blocks)), "seconds")  # fmt: skip
 
     # fp16 runs under a dynamic loss scaler, which skips steps with inf gradients (counted).
     scaled, skipped = settings.mixed_precision == "fp16", 0
@@ -178,6 +180,7 @@ def train_branch(
         progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
                         desc=f"train {kind}", disable=not accelerator.is_main_process)  # fmt: skip
         for step in progress:
+            began = time.perf_counter()
             # The loss, then the objective's terms, summed over micro-batches in float64.
             total = torch.zeros(1 + len(terms), dtype=torch.float64)
             for micro in range(settings.gradient_accumulation):
@@ -237,7 +240,8 @@ def train_branch(
             done = step + 1
             if accelerator.is_main_process:
                 lambdas = unwrapped.taam_lambdas().detach().tolist() if blocks else []
-                row = (done, *(f"{v:.6f}" for v in [*total.tolist(), *lambdas]))
+                seconds = f"{time.perf_counter() - began:.3f}"
+                row = (done, *(f"{v:.6f}" for v in [*total.tolist(), *lambdas]), seconds)
                 append_row(loss_log, columns, row)
                 progress.set_postfix(loss=f"{total[0].item():.4f}")
             # A stop request (SIGTERM, SIGUSR1) checkpoints this step, whatever the schedule.
