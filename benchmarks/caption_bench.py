@@ -174,6 +174,21 @@ def caption_with_llm(cap, named: list[tuple[str, object]], counter) -> dict:
     }
 
 
+def longest_shared_run(text: str, examples: list[str]) -> int:
+    """Most consecutive words ``text`` shares with any of ``examples`` (copying)."""
+    words = re.findall(r"[a-z][a-z-]*", text.lower())
+    best = 0
+    for example in examples:
+        other = re.findall(r"[a-z][a-z-]*", example.lower())
+        for i in range(len(words)):
+            for j in range(len(other)):
+                k = 0
+                while i + k < len(words) and j + k < len(other) and words[i + k] == other[j + k]:
+                    k += 1
+                best = max(best, k)
+    return best
+
+
 def report_llm(name: str, llm: dict, template: list[str]) -> None:
     lu, lb, lr = diversity(llm["captions"])
     tu, tb, tr = diversity(template)
@@ -186,6 +201,14 @@ def report_llm(name: str, llm: dict, template: list[str]) -> None:
     print(f"  accepted captions naming colour, shape, texture and swelling: {llm['complete']:.1%}")
     print(f"  unique captions: llama {lu}/{n}, template {tu}/{n}")
     print(f"  distinct word bigrams: llama {lb} ({lr:.2f} of all), template {tb} ({tr:.2f})")
+    from ccis.caption.prompts import EXAMPLES
+
+    shots = [c for _, c in EXAMPLES]
+    runs = [longest_shared_run(t, shots) for t in llm["captions"]]
+    copies = sum(t in shots for t in llm["captions"])
+    llm["copied_run"] = {"median": float(np.median(runs)), "max": max(runs), "copies": copies}
+    print(f"  longest run of words shared with a few-shot example: median {np.median(runs):.0f}, "
+          f"max {max(runs)}; exact copies {copies}")  # fmt: skip
     print(f"  speed: {llm['pairs_per_s']:.3f} pairs/s ({llm['seconds']:.0f} s, "
           f"{llm['seconds'] / n:.1f} s a pair)")  # fmt: skip
     for note in llm["fallback_notes"][:5]:

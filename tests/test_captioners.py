@@ -197,6 +197,17 @@ def test_extra_buffers_setting_reaches_the_model(tiny_gguf, monkeypatch):
     assert llama_cpp.llama_model_default_params().use_extra_bufts  # only that load changed
 
 
+def test_llama_threads_wait_passively_unless_told_otherwise(tiny_gguf, monkeypatch):
+    from ccis.caption.llama_load import load_llama
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    load_llama(tiny_gguf, n_ctx=256)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    load_llama(tiny_gguf, n_ctx=256)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
 def test_examples_fit_the_grammar_and_the_checks(tiny_gguf):
     from llama_cpp import Llama
 

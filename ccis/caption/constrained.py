@@ -143,12 +143,8 @@ def generate(
     rng: np.random.Generator,
     sampling: Sampling = Sampling(),
     max_tokens: int = 128,
-    banned: Sequence[int] = (),
 ) -> Generation:
-    """Generate from ``prompt_tokens`` until ``gbnf`` is complete (or ``max_tokens``).
-
-    ``banned`` tokens are never sampled.
-    """
+    """Generate from ``prompt_tokens`` until ``gbnf`` is complete (or ``max_tokens``)."""
     import llama_cpp
 
     if len(prompt_tokens) + max_tokens > llm.n_ctx():
@@ -158,7 +154,6 @@ def generate(
         )
     vocab = llm._model.vocab
     eos = np.array([llama_cpp.llama_vocab_eos(vocab)])
-    banned = np.asarray(banned, dtype=np.int64)
     evaluated = evaluate_prompt(llm, prompt_tokens)
     out: list[int] = []
     words_written: set[int] = set()
@@ -166,7 +161,6 @@ def generate(
     with Grammar(llm, gbnf) as grammar:
         for _ in range(max_tokens):
             logits = _logits(llm)
-            logits[banned] = -np.inf
             if sampling.repeat_penalty and words_written:
                 logits[list(words_written)] -= sampling.repeat_penalty
             k = min(sampling.top_k, len(logits)) if sampling.temperature > 0 else 1

@@ -201,8 +201,10 @@ class LlamaCaptioner:
             sampling=self.sampling,
             max_tokens=self.max_new_tokens,
         )
-        log.debug("%d prompt tokens evaluated, %d generated (%s)", out.prompt_tokens,
-                  out.tokens, out.finish)  # fmt: skip
+        log.debug(
+            "%d prompt tokens evaluated, %d generated (%s; %d full-vocabulary grammar checks)",
+            out.prompt_tokens, out.tokens, out.finish, out.full_vocab_checks,
+        )  # fmt: skip
         return ANSWER_OPEN + out.text
 
     def _answer_with_image(

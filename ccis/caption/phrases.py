@@ -70,17 +70,6 @@ def colour_conflicts(colour: str, text: str) -> list[str]:
     return sorted(set(found))
 
 
-def describe_attributes(attrs: Attributes) -> str:
-    """A compact, unambiguous statement of the measurements (for LLM prompts)."""
-    if attrs.n_polyps == 0:
-        return f"no polyp; background: {background_phrase(attrs, 0)}"
-    return (
-        f"number of polyps: {attrs.n_polyps}; colour: {attrs.colour}; size: {attrs.size}; "
-        f"shape: {attrs.shape}; texture: {attrs.texture}; swelling: {attrs.swelling}; "
-        f"location: {attrs.location} of the frame; background: {background_phrase(attrs, 0)}"
-    )
-
-
 def background_phrase(attrs: Attributes, pick: int, drop_details: int = 0) -> str:
     """The background clause; ``drop_details`` removes highlights, then folds, then debris."""
     mucosa = MUCOSA_WORDS[attrs.mucosa]
