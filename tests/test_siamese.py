@@ -249,7 +249,7 @@ def test_siamese_trains_stops_resumes_and_samples_end_to_end(triplets, base, tmp
 
     log = pd.read_csv(tmp_path / "b" / "loss.csv")
     assert log["step"].tolist() == list(range(1, 7))
-    assert list(log.columns) == ["step", "loss", *(f"loss_{t}" for t in TERMS)]
+    assert list(log.columns) == ["step", "loss", *(f"loss_{t}" for t in TERMS), "seconds"]
     total = log[[f"loss_{t}" for t in TERMS]].sum(axis=1)
     assert (total - log["loss"]).abs().max() < 1e-5
     assert log["loss_consistency"].iloc[0] == 0  # step 1: image weight 0 and no-op outputs
