@@ -58,6 +58,20 @@ def write_pairs(
         save(mask_dir / f"{mask_prefix}{stem}{mask_ext}", disc_mask(*size, cx=10 + 3 * i))
 
 
+def record_answers(captioner) -> list[str]:
+    """Wrap ``captioner.answer`` so every raw model answer is kept, in order, in the list
+    returned (the captioner behaves as before)."""
+    answers: list[str] = []
+    answer = captioner.answer
+
+    def recording(*args):
+        answers.append(answer(*args))
+        return answers[-1]
+
+    captioner.answer = recording
+    return answers
+
+
 def run_env() -> dict:
     """Environment whose PATH finds this interpreter's ``ccis`` and ``snakemake``."""
     env = dict(os.environ)

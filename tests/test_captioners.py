@@ -21,6 +21,7 @@ from ccis.caption.template import PATTERNS, TemplateCaptioner
 from ccis.caption.tiny_gguf import write_tiny_llama_gguf
 from ccis.caption.tokens import TokenCounter, fit_caption
 from ccis.data.phantom import render_phantom
+from conftest import record_answers
 
 
 @pytest.fixture(scope="module")
@@ -247,14 +248,7 @@ def test_generate_follows_the_grammar_and_reuses_the_prefix(tiny_gguf):
 def test_llama_captioner_runs_for_real_and_caches(tmp_path, tiny_gguf, attrs):
     cap = LlamaCaptioner(tiny_gguf, retries=2, cache_dir=tmp_path / "cache")
     assert cap.prompt_kind == "chat"  # the tiny model's GGUF has a chat template
-    calls = []
-    real = cap.answer
-
-    def spy(*args):
-        calls.append(real(*args))
-        return calls[-1]
-
-    cap.answer = spy
+    calls = record_answers(cap)
     result = cap.caption("p1", attrs[0])
     # Random weights inside the caption grammar: valid JSON whose caption names the
     # measured attributes and contradicts none, so it is accepted.

