@@ -1,7 +1,8 @@
 """Model presets: ``sd15`` (Stable Diffusion v1.5 weights you provide) and ``tiny`` (CPU).
 
 ``load_sd15`` reads a diffusers folder, a hub id (from the local cache or the hub, never
-in tests), or a single-file ``.safetensors``/``.ckpt`` checkpoint. ``tiny_components``
+in tests), or a single-file ``.safetensors``/``.ckpt`` checkpoint (offline, with the
+configuration ``ccis.diffusion.sd15`` ships). ``tiny_components``
 builds the same architecture families at toy size, for the phantom demo and tests: a
 64-pixel VAE with SD's 8× down-sampling, a 32/64/64-channel UNet, a 2-layer CLIP text
 encoder and a word-level tokenizer.
