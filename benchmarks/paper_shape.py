@@ -25,9 +25,10 @@ and prints one table: per stage, trainable and frozen parameters (a branch besid
 diffusers' ControlNetModel at the same shape), peak resident memory of the command, time
 per step and wall time; then CCIS-over-ControlNet ratios.
 
-Each command runs alone, one after the other (peak memory is the process's own). It
-takes about an hour on a 2-core CPU at 512² and needs ~14 GB of memory and ~25 GB of
-disk under ``--work`` (cleared as it goes; ``--keep`` keeps it).
+Each command runs alone, one after the other (peak memory is the process's own). At
+512² it took 88 minutes on a shared 2-core CPU, at most 12 GiB per command (training
+batch 1; the paper's 4 adds ~1.3 GiB of fp32 activations per image) and ~15 GB of disk
+under ``--work`` (cleared as it goes; ``--keep`` keeps it).
 
     python benchmarks/paper_shape.py [--resolution 512] [--batch-size 1] [--work DIR]
 """
@@ -280,7 +281,7 @@ def read_step_seconds(csv_path: Path) -> list[float]:
 
 
 def synthesis_step_seconds(log: Path) -> float | None:
-    found = re.findall(r"\(([\d.]+) s per DDIM step\)", log.read_text())
+    found = re.findall(r"\(([\d.]+) s per DDIM step", log.read_text())
     return float(found[-1]) if found else None
 
 
@@ -292,7 +293,7 @@ def main() -> None:
         "--batch-size",
         type=int,
         default=1,
-        help="training batch (the paper's 4 needs ~25 GB at 512² in fp32)",
+        help="training batch (paper: 4; ~16 GiB at 512² in fp32 on the CPU)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ddim-steps", type=int, default=3)
@@ -530,8 +531,8 @@ def main() -> None:
                 wall_s=wall,
                 step_s=synthesis_step_seconds(syn_log),
                 notes=[
-                    f"DDIM {args.ddim_steps}, CFG {synthesis['guidance_scale']:g}: "
-                    "s per step for 2 images"
+                    f"DDIM {args.ddim_steps}, CFG {synthesis['guidance_scale']:g}: s per step "
+                    "for 2 images (UNet batch 4), prompts and VAE decoding included"
                 ],
             )
         )

@@ -187,6 +187,7 @@ def test_key_bias_attention_equals_the_masked_softmax_and_its_gradients(d):
     assert (out - masked(q, k, v, torch.zeros(2, 50, dtype=torch.float64))).abs().max() > 1e-3
 
 
+@pytest.mark.filterwarnings("ignore:Flash attention kernel not used")  # the float mask's
 def test_taam_self_attention_runs_in_the_fused_kernel(base):
     """With only the fused (flash) kernel allowed, TAAM's forward and backward run; the
     float mask needing λ's gradient had no fused kernel (the reason for the key channel)."""

@@ -12,10 +12,11 @@ cross-attention, λ decides how much it matters.
 
 The bias is not handed to ``scaled_dot_product_attention`` as a float mask: a mask that
 needs a gradient (λ learns through it) takes SDPA off its fused kernels onto the one
-that builds every hw×hw probability (at 512², 4096 tokens: 1.6× the branch's step time
-and 1.3× its memory). A key-side bias is one more channel of the dot product instead,
-``[q, 1]·[k, √d·b_j]/√d = q·k/√d + b_j`` (:func:`key_bias_attention`), so the same
-softmax runs in the fused kernels with no mask at all, on the CPU and the GPU.
+that builds every hw×hw probability (at 512², 4096 tokens: 1.3–1.6× ControlNet's step
+time and 1.3–1.4× its memory; docs/performance.md). A key-side bias is one more
+channel of the dot product instead, ``[q, 1]·[k, √d·b_j]/√d = q·k/√d + b_j``
+(:func:`key_bias_attention`), so the same softmax runs in the fused kernels with no mask
+at all, on the CPU and the GPU.
 
 An approximation, stated: the paper takes ``Qc`` from the block's cross-attention, whose
 queries come *after* self-attention; TAAM needs ``S`` *before* self-attention, so we

@@ -111,8 +111,8 @@ def synthesize(
                         seed=seeds, progress=False,
                     )  # fmt: skip
                 seconds = time.perf_counter() - began
-                log.info("generated %d image(s) in %.2f s (%.3f s per DDIM step)",
-                         len(chunk), seconds, seconds / steps)  # fmt: skip
+                log.info("generated %d image(s) in %.2f s (%.3f s per DDIM step, prompts and "
+                         "decoding included)", len(chunk), seconds, seconds / steps)  # fmt: skip
                 for k, image, original in zip(chunk, images, originals, strict=True):
                     h, w = original.shape
                     rgb = cv2.resize(
