@@ -3,6 +3,7 @@ corrupted checkpoints, Uni-ControlNet."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ccis.common.checkpoints import complete_checkpoints
 from ccis.generator.data import batch_indices
 from conftest import run_env
 
@@ -100,15 +102,18 @@ def straight(triplets, base, tmp_path_factory):
     done = subprocess.run(_train_cmd(triplets, base, root / "branch", root / "work"),
                           env=run_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    (root / "train.log").write_text(done.stderr)  # what the clipping test reads
     return root / "branch"
 
 
-def _assert_same_weights(a_dir, b_dir) -> None:
+def _assert_same_weights(a_dir, b_dir) -> dict[str, torch.Tensor]:
+    """Assert both branches hold the same weights; return the first's."""
     a = load_file(a_dir / "diffusion_pytorch_model.safetensors")
     b = load_file(b_dir / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    return a
 
 
 def test_training_resumes_after_sigkill_and_matches_an_uninterrupted_run(
@@ -132,8 +137,7 @@ def test_training_resumes_after_sigkill_and_matches_an_uninterrupted_run(
     # over a single key ignores any bias, so its λ gets no gradient and stays.)
     moved = (loss[["lambda_0", "lambda_1", "lambda_2"]].iloc[-1] - 1.0).abs()
     assert moved["lambda_0"] > 1e-3 and moved["lambda_1"] > 1e-3 and moved["lambda_2"] == 0
-    _assert_same_weights(straight, tmp_path / "b")
-    a = load_file(straight / "diffusion_pytorch_model.safetensors")
+    a = _assert_same_weights(straight, tmp_path / "b")
     assert any(float(v.abs().max()) > 0 for k, v in a.items() if "controlnet_down_blocks" in k)
 
 
@@ -252,6 +256,7 @@ def test_gradient_norm_clipping_bounds_the_update(triplets, base, straight, tmp_
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "gradient norm clip 1e-10" in done.stderr
+    assert "gradient norm clip 1e-10" not in (straight.parent / "train.log").read_text()
     moved = {}
     for name, branch in (("default", straight), ("clipped", tmp_path / "clipped")):
         weights = load_file(branch / "diffusion_pytorch_model.safetensors")
@@ -263,16 +268,14 @@ def test_gradient_norm_clipping_bounds_the_update(triplets, base, straight, tmp_
 def test_corrupted_checkpoint_is_a_clear_error(triplets, base, straight, tmp_path):
     """The uninterrupted run's work folder with its newest checkpoint truncated: the same
     command (to a new output) names the checkpoint and exits 2, without a traceback."""
-    import shutil
-
     work = shutil.copytree(straight.parent / "work", tmp_path / "w")
-    newest = max((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
+    step, newest = complete_checkpoints(work / "checkpoints")[-1]
     weights = next(newest.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:100])
     cmd = _train_cmd(triplets, base, tmp_path / "m", work)
     again = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 2, again.stderr[-3000:]
-    assert f"checkpoint of step {newest.name[11:]} is corrupted or unreadable" in again.stderr
+    assert f"checkpoint of step {step} is corrupted or unreadable" in again.stderr
     assert "Traceback" not in again.stderr and not (tmp_path / "m").exists()
 
 
