@@ -197,6 +197,11 @@ def _segmentation_problems(config: dict, workdir: Path) -> list[str]:
         problems.append(
             f"metrics.fidelity_segmenter.seed: {judge.get('seed')} is not in segmentation.seeds"
         )
+    if judge.get("setting") == STEP_MATCHED and STEP_MATCHED not in segmentation_settings(config):
+        problems.append(
+            f"metrics.fidelity_segmenter.setting: {STEP_MATCHED} is not trained (it needs a "
+            "synthetic setting and segmentation.step_matched)"
+        )
     return problems
 
 

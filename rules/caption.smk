@@ -50,6 +50,7 @@ rule caption:
         f"{RESULTS}/logs/caption/{{split}}.part{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/caption/{{split}}.part{{shard}}.tsv"
+    priority: CHAIN
     threads: CAPTION["threads"]
     resources:
         mem_mb=4000 if CAPTION["captioner"] == "template" else 16000,
@@ -71,6 +72,7 @@ rule gather_captions:
         f"{RESULTS}/logs/caption/{{split}}.gather.log",
     benchmark:
         f"{RESULTS}/benchmarks/caption/{{split}}.gather.tsv"
+    priority: CHAIN
     threads: 1
     resources:
         mem_mb=2000,

@@ -28,6 +28,27 @@ GENERATORS = config["generators"]
 # Synthetic sets made by other tools, imported like a real split (name -> its entry).
 EXTERNAL = {entry["name"]: entry for entry in config["external_synthetic"]}
 
+# Scheduling on few cores: the DAG's longest chain goes first (the training split's
+# triplets -> the base -> each generator whose synthetic set trains segmenters -> its
+# synthesis -> those segmenters -> their scores), and the run that judges mask fidelity
+# with it; the real-data runs, the test splits and the other generators have slack.
+CHAIN = 10
+SYNTHETIC_SETTINGS = config["segmentation"]["synthetic"]
+SEGMENTED = set(GENERATORS if SYNTHETIC_SETTINGS is None else SYNTHETIC_SETTINGS)
+JUDGE = config["metrics"]["fidelity_segmenter"]
+
+
+def generator_priority(wildcards):
+    """CHAIN for a generator whose synthetic set trains segmenters, else 0."""
+    return CHAIN if wildcards.generator in SEGMENTED else 0
+
+
+def segmenter_priority(wildcards):
+    """CHAIN for a run on synthetic data and for the mask-fidelity judge, else 0."""
+    judge = (JUDGE["model"], JUDGE["setting"], str(JUDGE["seed"]))
+    run = (wildcards.model, wildcards.setting, wildcards.seed)
+    return CHAIN if "+" in wildcards.setting or run == judge else 0
+
 
 wildcard_constraints:
     split="|".join(sorted(SPLITS)),

@@ -45,6 +45,7 @@ rule prepare:
         f"{RESULTS}/logs/prepare/{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare/{{split}}.tsv"
+    priority: lambda wildcards: CHAIN if wildcards.split == TRAIN else 0
     threads: config["resources"]["prepare_threads"]
     resources:
         mem_mb=4000,

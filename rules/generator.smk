@@ -25,6 +25,7 @@ rule bootstrap:
         f"{RESULTS}/logs/bootstrap.log",
     benchmark:
         f"{RESULTS}/benchmarks/bootstrap.tsv"
+    priority: CHAIN
     threads: config["bootstrap"]["threads"]
     resources:
         mem_mb=4000,
@@ -85,6 +86,7 @@ rule train_generator:
         f"{RESULTS}/logs/train_generator/{{generator}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_generator/{{generator}}.tsv"
+    priority: generator_priority
     threads: MODEL["threads"]
     resources:
         mem_mb=8000 if MODEL["preset"] == "tiny" else 40000,
@@ -126,6 +128,7 @@ rule synthesize:
         f"{RESULTS}/logs/synthesize/{{generator}}.part{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/synthesize/{{generator}}.part{{shard}}.tsv"
+    priority: generator_priority
     threads: MODEL["threads"]
     resources:
         mem_mb=4000 if MODEL["preset"] == "tiny" else 24000,
@@ -149,6 +152,7 @@ rule gather_synthetic:
         f"{RESULTS}/logs/synthesize/{{generator}}.gather.log",
     benchmark:
         f"{RESULTS}/benchmarks/synthesize/{{generator}}.gather.tsv"
+    priority: generator_priority
     threads: 1
     resources:
         mem_mb=2000,

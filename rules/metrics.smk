@@ -8,7 +8,7 @@ FIDELITY_SEGMENTER = METRICS["fidelity_segmenter"]  # a real-data Table 3 run
 FIDELITY_RUN = expand(
     rules.train_segmenter.output[0],
     model=FIDELITY_SEGMENTER["model"],
-    setting="real",
+    setting=FIDELITY_SEGMENTER["setting"],
     seed=FIDELITY_SEGMENTER["seed"],
 )
 

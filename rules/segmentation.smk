@@ -55,6 +55,7 @@ rule train_segmenter:
         f"{RESULTS}/logs/train_segmenter/{{model}}/{{setting}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_segmenter/{{model}}/{{setting}}/seed{{seed}}.tsv"
+    priority: segmenter_priority
     threads: SEGMENTATION["threads"]
     resources:
         mem_mb=4000 if SEGMENTATION["gpus"] == 0 else 24000,
@@ -68,20 +69,41 @@ rule train_segmenter:
         " > {log} 2>&1"
 
 
+# One job per model scores all its runs (settings × seeds): the process start (torch, timm)
+# costs more than scoring a run of the demo.
 rule evaluate_segmenter:
     input:
-        model=rules.train_segmenter.output[0],
+        models=expand(
+            rules.train_segmenter.output[0],
+            setting=SETTINGS,
+            seed=SEGMENTATION["seeds"],
+            allow_missing=True,
+        ),
         tests=expand(rules.prepare.output.manifest, split=TESTS),
     output:
-        f"{RESULTS}/segmentation/{{model}}/{{setting}}/seed{{seed}}/per_image.parquet",
+        expand(
+            f"{RESULTS}/segmentation/{{model}}/{{setting}}/seed{{seed}}/per_image.parquet",
+            setting=SETTINGS,
+            seed=SEGMENTATION["seeds"],
+            allow_missing=True,
+        ),
     params:
         tests=lambda wildcards, input: " ".join(
             f"--test {name}={path}" for name, path in zip(TESTS, input.tests)
         ),
+        runs=lambda wildcards, input, output: " ".join(
+            f"--model-dir {folder} --out {out} --setting {setting} --seed {seed}"
+            for folder, out, (setting, seed) in zip(
+                input.models,
+                output,
+                [(s, seed) for s in SETTINGS for seed in SEGMENTATION["seeds"]],
+            )
+        ),
     log:
-        f"{RESULTS}/logs/evaluate_segmenter/{{model}}/{{setting}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/evaluate_segmenter/{{model}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_segmenter/{{model}}/{{setting}}/seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate_segmenter/{{model}}.tsv"
+    priority: CHAIN
     threads: SEGMENTATION["threads"]
     resources:
         mem_mb=4000,
@@ -90,18 +112,12 @@ rule evaluate_segmenter:
     conda:
         "../envs/ccis.yaml"
     shell:
-        "ccis evaluate-segmenter --model-dir {input.model} {params.tests} --out {output}"
-        " --model {wildcards.model} --setting {wildcards.setting} --seed {wildcards.seed}"
+        "ccis evaluate-segmenter {params.runs} {params.tests} --model {wildcards.model}"
         " --threads {threads} > {log} 2>&1"
 
 
 # Every Table 3 run's per-image scores: model × setting × seed.
-SEGMENTATION_RUNS = expand(
-    rules.evaluate_segmenter.output[0],
-    model=SEGMENTATION["models"],
-    setting=SETTINGS,
-    seed=SEGMENTATION["seeds"],
-)
+SEGMENTATION_RUNS = expand(rules.evaluate_segmenter.output, model=SEGMENTATION["models"])
 
 
 rule segmentation_table:

@@ -58,6 +58,10 @@ def test_default_config_is_valid_and_gets_defaults():
             lambda c: c.update(resources={"prepare_threads": 1.5}),
             "resources.prepare_threads: 1.5 is not of type 'integer'",
         ),
+        (  # the judge is a trained Table 3 run: no step-matched run, no real_x2 judge
+            lambda c: c["segmentation"].update(step_matched=False),
+            "metrics.fidelity_segmenter.setting: real_x2 is not trained",
+        ),
     ],
 )
 def test_bad_config_names_the_key(edit, message):

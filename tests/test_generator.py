@@ -64,6 +64,28 @@ def test_bootstrap_resumed_in_the_unet_phase_ends_with_the_same_weights(triplets
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_cached_posteriors_draw_the_latents_the_vae_would(triplets, base):
+    # Training encodes the set once and samples each batch from the cache: the latents
+    # must be the ones a per-batch encoder pass would have drawn with the same generator.
+    from diffusers import AutoencoderKL
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from ccis.generator.data import TripletData, encode_posteriors
+    from ccis.generator.train import step_generator
+
+    vae = AutoencoderKL.from_pretrained(base / "vae").eval()
+    data = TripletData(triplets, 32)
+    means, stds = encode_posteriors(vae, data, batch_size=3)
+    assert means.shape == stds.shape == (len(data), 4, 4, 4)
+    indices = [5, 0, 7, 2]
+    images, _, _ = data.batch(indices)
+    with torch.no_grad():
+        expected = vae.encode(images).latent_dist.sample(generator=step_generator(0, 3))
+    noise = randn_tensor(means[indices].shape, generator=step_generator(0, 3))
+    torch.testing.assert_close(means[indices] + stds[indices] * noise, expected)
+    assert not torch.allclose(means[indices], means[[0, 5, 7, 2]])  # rows follow the indices
+
+
 def test_batch_indices_are_seeded_epoch_permutations():
     first = [i for step in range(5) for i in batch_indices(step, 2, 10, seed=3)]
     assert sorted(first) == list(range(10))

@@ -453,3 +453,7 @@ def test_bad_inputs_name_the_file(tmp_path):
     assert main(["evaluate-segmenter", "--model-dir", str(tmp_path), "--test",
                  f"a={tmp_path / 'x.parquet'}", "--out", str(tmp_path / "o.parquet"),
                  "--model", "pranet", "--setting", "real", "--seed", "0"]) == 2  # fmt: skip
+    # Several runs in one process: each run's folder, output, setting and seed, in order.
+    assert main(["evaluate-segmenter", "--model-dir", str(tmp_path), "--model-dir", str(tmp_path),
+                 "--test", f"a={tmp_path / 'x.parquet'}", "--out", str(tmp_path / "o.parquet"),
+                 "--model", "pranet", "--setting", "real", "--seed", "0"]) == 2  # fmt: skip

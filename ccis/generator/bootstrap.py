@@ -29,7 +29,7 @@ from ccis.common.divergence import check_finite, gradient_norm
 from ccis.common.preemption import stop_requests
 from ccis.common.provenance import claim, fingerprint
 from ccis.diffusion.presets import tiny_components
-from ccis.generator.data import TripletData, batch_indices
+from ccis.generator.data import TripletData, batch_indices, encode_posteriors
 from ccis.generator.train import step_generator
 
 log = logging.getLogger(__name__)
@@ -197,16 +197,9 @@ def _weighted_mean(error: torch.Tensor, masks: torch.Tensor, weight: float) -> t
     return (error * weights).sum() / (weights.sum() * error.shape[1])
 
 
-@torch.no_grad()
-def _posteriors(vae, data: TripletData, batch_size: int = 64) -> tuple:
+def _posteriors(vae, data: TripletData) -> tuple:
     """Every triplet's latent mean and std, and SD's scaling factor: 1 / std of the means,
     so the scaled latents are about unit-variance."""
     vae.eval()
-    means, stds = [], []
-    for first in range(0, len(data), batch_size):
-        images, _, _ = data.batch(list(range(first, min(first + batch_size, len(data)))))
-        posterior = vae.encode(images).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
-    mean, std = torch.cat(means), torch.cat(stds)
+    mean, std = encode_posteriors(vae, data, batch_size=64)
     return mean, std, 1.0 / max(float(mean.std()), 1e-3)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm import tqdm
 
 from ccis.common.atomic import atomic_dir, write_bytes_atomic
@@ -37,7 +38,7 @@ from ccis.diffusion.objective import Denoiser, NoisyBatch, loss_terms_of, object
 from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import SD_CONDITIONING_CHANNELS, load_sd15
 from ccis.diffusion.unicontrolnet import EXTRACTOR_CHANNELS, INJECT_CHANNELS
-from ccis.generator.data import TripletData, batch_indices
+from ccis.generator.data import TripletData, batch_indices, encode_posteriors
 from ccis.generator.registry import build_branch
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ def train_branch(
     )
     branch, optimizer = accelerator.prepare(branch, optimizer)
     data = TripletData(triplets, settings.resolution)
+    # The frozen VAE's posterior of every image, once (not an encoder pass per batch).
+    means, stds = encode_posteriors(parts["vae"], data, device, weight_dtype)
     log.info(
         "training %s on %d triplets from %s (base %s): %d steps, batch %d × %d accumulation × %d "
         "processes, lr %g (TAAM λ: lr %g, start %g), gradient norm clip %g, %s precision",
@@ -195,9 +198,12 @@ def train_branch(
                 tokens = tokenizer(prompts, padding="max_length",
                                    max_length=tokenizer.model_max_length, truncation=True,
                                    return_tensors="pt")  # fmt: skip
+                # The posterior's sample, as AutoencoderKL's latent_dist.sample draws it.
+                mean = means[indices[rank::world]].to(device, weight_dtype)
+                std = stds[indices[rank::world]].to(device, weight_dtype)
+                noise_x0 = randn_tensor(mean.shape, generator=g, device=device, dtype=weight_dtype)
+                latents = (mean + std * noise_x0) * scaling
                 with torch.no_grad():
-                    posterior = vae.encode(images.to(device, weight_dtype)).latent_dist
-                    latents = posterior.sample(generator=g) * scaling
                     text = text_encoder(tokens.input_ids.to(device))[0]
                 noise = torch.randn(latents.shape, generator=g).to(device, latents.dtype)
                 timesteps = torch.randint(

@@ -51,9 +51,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     use_threads(args.threads)
     tests = {name: Path(path) for name, path in parse_pairs(args.test, "--test").items()}
-    evaluate_segmenter(
-        args.model_dir, tests, args.out, args.model, args.setting, args.seed, args.batch_size
-    )
+    runs = (args.model_dir, args.out, args.setting, args.seed)
+    if len({len(values) for values in runs}) != 1:
+        raise ValueError(
+            "evaluate-segmenter: give --model-dir, --out, --setting and --seed once per run, "
+            f"in the same order (got {', '.join(str(len(v)) for v in runs)})"
+        )
+    # One process for every run: torch and timm are imported once, not once per run.
+    for model_dir, out, setting, seed in zip(*runs, strict=True):
+        evaluate_segmenter(model_dir, tests, out, args.model, setting, seed, args.batch_size)
 
 
 def _cmd_table(args: argparse.Namespace) -> None:
@@ -92,17 +98,32 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser(
-        "evaluate-segmenter", help="per-image mDice/mIoU/Dice/IoU of a segmenter on test sets"
+        "evaluate-segmenter",
+        help="per-image mDice/mIoU/Dice/IoU of one or several segmenter runs on test sets",
+        description="Give --model-dir, --out, --setting and --seed once per run (repeat them "
+        "in the same order to score several runs of one model in one process).",
     )
-    ev.add_argument("--model-dir", required=True, type=Path, help="train-segmenter output")
+    ev.add_argument(
+        "--model-dir", required=True, type=Path, action="append",
+        help="train-segmenter output (repeatable: one per run)",
+    )  # fmt: skip
     ev.add_argument(
         "--test", required=True, action="append",
         metavar="NAME=MANIFEST", help="test set (repeatable), e.g. kvasir=data/kvasir.parquet",
     )  # fmt: skip
-    ev.add_argument("--out", required=True, type=Path, help="per-image Parquet to write")
+    ev.add_argument(
+        "--out", required=True, type=Path, action="append",
+        help="per-image Parquet to write (one per --model-dir)",
+    )  # fmt: skip
     ev.add_argument("--model", required=True, help="model label for the rows (e.g. pranet)")
-    ev.add_argument("--setting", required=True, help="training setting label (e.g. real, ccis)")
-    ev.add_argument("--seed", required=True, type=int, help="training seed label")
+    ev.add_argument(
+        "--setting", required=True, action="append",
+        help="training setting label (e.g. real, ccis; one per --model-dir)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--seed", required=True, type=int, action="append",
+        help="training seed label (one per --model-dir)",
+    )  # fmt: skip
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--threads", type=int, default=None)
     ev.set_defaults(func=_cmd_evaluate)
