@@ -36,6 +36,7 @@ CHAIN = 10
 SYNTHETIC_SETTINGS = config["segmentation"]["synthetic"]
 SEGMENTED = set(GENERATORS if SYNTHETIC_SETTINGS is None else SYNTHETIC_SETTINGS)
 JUDGE = config["metrics"]["fidelity_segmenter"]
+JUDGE_RUN = (JUDGE["model"], JUDGE["setting"], str(JUDGE["seed"]))  # as wildcards spell it
 
 
 def generator_priority(wildcards):
@@ -45,9 +46,8 @@ def generator_priority(wildcards):
 
 def segmenter_priority(wildcards):
     """CHAIN for a run on synthetic data and for the mask-fidelity judge, else 0."""
-    judge = (JUDGE["model"], JUDGE["setting"], str(JUDGE["seed"]))
     run = (wildcards.model, wildcards.setting, wildcards.seed)
-    return CHAIN if "+" in wildcards.setting or run == judge else 0
+    return CHAIN if "+" in wildcards.setting or run == JUDGE_RUN else 0
 
 
 wildcard_constraints:

@@ -70,21 +70,27 @@ rule train_segmenter:
 
 
 # One job per model scores all its runs (settings × seeds): the process start (torch, timm)
-# costs more than scoring a run of the demo.
+# costs more than scoring a run of the demo. RUNS orders the inputs, outputs and labels.
+RUNS = [(setting, seed) for setting in SETTINGS for seed in SEGMENTATION["seeds"]]
+RUN_SETTINGS, RUN_SEEDS = (list(column) for column in zip(*RUNS))
+
+
 rule evaluate_segmenter:
     input:
         models=expand(
             rules.train_segmenter.output[0],
-            setting=SETTINGS,
-            seed=SEGMENTATION["seeds"],
+            zip,
+            setting=RUN_SETTINGS,
+            seed=RUN_SEEDS,
             allow_missing=True,
         ),
         tests=expand(rules.prepare.output.manifest, split=TESTS),
     output:
         expand(
             f"{RESULTS}/segmentation/{{model}}/{{setting}}/seed{{seed}}/per_image.parquet",
-            setting=SETTINGS,
-            seed=SEGMENTATION["seeds"],
+            zip,
+            setting=RUN_SETTINGS,
+            seed=RUN_SEEDS,
             allow_missing=True,
         ),
     params:
@@ -93,11 +99,7 @@ rule evaluate_segmenter:
         ),
         runs=lambda wildcards, input, output: " ".join(
             f"--model-dir {folder} --out {out} --setting {setting} --seed {seed}"
-            for folder, out, (setting, seed) in zip(
-                input.models,
-                output,
-                [(s, seed) for s in SETTINGS for seed in SEGMENTATION["seeds"]],
-            )
+            for folder, out, (setting, seed) in zip(input.models, output, RUNS, strict=True)
         ),
     log:
         f"{RESULTS}/logs/evaluate_segmenter/{{model}}.log",

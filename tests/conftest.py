@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,23 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def planned_jobs(log: str) -> list[dict]:
+    """Every job a dry run's log plans: its rule, its wildcards (as keys, and as Snakemake
+    printed them under ``wildcards``) and its scheduling priority (0 when not printed)."""
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:)", log):
+        head = re.match(r"rule (\w+):", block)
+        if not head:
+            continue
+        wildcards = re.search(r"wildcards: (.*)", block)
+        priority = re.search(r"priority: (\d+)", block)
+        printed = wildcards.group(1) if wildcards else ""
+        found = dict(w.split("=", 1) for w in printed.split(", ")) if printed else {}
+        jobs.append({"rule": head.group(1), **found, "wildcards": printed,
+                     "priority": int(priority.group(1)) if priority else 0})  # fmt: skip
+    return jobs
 
 
 @pytest.fixture

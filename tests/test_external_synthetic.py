@@ -18,7 +18,7 @@ from ccis.config import ConfigError, segmentation_settings, validate_config
 from ccis.data.phantom import render_phantom
 from ccis.data.prepare import DatasetError, SourceSpec, prepare_split
 from ccis.metrics.evaluate import EXTERNAL_REASONS, generation_metrics
-from conftest import REPO, frame, save, snakemake
+from conftest import REPO, frame, planned_jobs, save, snakemake
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -175,20 +175,6 @@ def test_table1_and_table3_rows_of_an_imported_set(triplets, tmp_path):
     assert set(pd.read_csv(tmp_path / "t3.csv")["setting"]) == {"real", "real+peer"}
 
 
-def _planned(log: str) -> list[dict[str, str]]:
-    """(rule, wildcards) of every job a dry run plans."""
-    jobs = []
-    for block in re.split(r"\n(?=rule \w+:)", log):
-        head = re.match(r"rule (\w+):", block)
-        wildcards = re.search(r"wildcards: (.*)", block)
-        if head:
-            found = (
-                dict(w.split("=", 1) for w in wildcards.group(1).split(", ")) if wildcards else {}
-            )
-            jobs.append({"rule": head.group(1), **found})
-    return jobs
-
-
 def test_paper_config_plans_pvt_cascade_and_an_external_set(micro_workdir):
     """`snakemake -n --configfile configs/paper.yaml` (data folders and model files faked)
     plans PVT-CASCADE beside PraNet and Polyp-PVT, and an external set's import, metrics
@@ -211,7 +197,7 @@ def test_paper_config_plans_pvt_cascade_and_an_external_set(micro_workdir):
     dry = snakemake(micro_workdir, "-n", "-p", "--configfile", str(REPO / "configs" / "paper.yaml"),
                     "peer.yaml")  # fmt: skip
     log = dry.stdout + dry.stderr
-    jobs = _planned(log)
+    jobs = planned_jobs(log)
     train = [j for j in jobs if j["rule"] == "train_segmenter"]
     per_model = {m: [j for j in train if j["model"] == m] for m in paper["segmentation"]["models"]}
     assert set(per_model) == {"pranet", "polyp_pvt", "pvt_cascade"}

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from ccis.cli import build_parser, main
-from conftest import REPO, run_env, snakemake, write_pairs
+from conftest import REPO, planned_jobs, run_env, snakemake, write_pairs
 
 
 @pytest.mark.longest
@@ -135,18 +135,9 @@ def test_the_longest_chain_and_the_judge_are_scheduled_first(tmp_path):
     training split, its captions, the base, CCIS-Diff's branch and synthesis, the
     segmenters trained on its images, their scores) and the mask-fidelity judge run go
     before the jobs with slack (test splits, real-data runs, the other generators)."""
-    import re
-
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
-    dry = snakemake(tmp_path, "-n").stdout
-    priority = {}
-    for block in re.split(r"\n(?=rule \w+:)", dry):
-        head = re.match(r"rule (\w+):", block)
-        if head:
-            wildcards = re.search(r"wildcards: (.*)", block)
-            key = (head.group(1), wildcards.group(1) if wildcards else "")
-            found = re.search(r"priority: (\d+)", block)
-            priority[key] = int(found.group(1)) if found else 0
+    jobs = planned_jobs(snakemake(tmp_path, "-n").stdout)
+    priority = {(job["rule"], job["wildcards"]): job["priority"] for job in jobs}
     first = {
         ("prepare", "split=train"), ("caption", "split=train, shard=0"),
         ("gather_captions", "split=train"), ("bootstrap", ""),
