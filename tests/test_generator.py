@@ -244,11 +244,13 @@ def test_training_resumes_after_sigkill_and_matches_an_uninterrupted_run(
     assert "resumed from" in resumed.stderr and "(step 8)" in resumed.stderr
     loss = pd.read_csv(tmp_path / "b" / "loss.csv")
     assert loss["step"].tolist() == list(range(1, 17))  # no step lost, none twice
-    # TAAM's λ is logged per block and has moved from its start (1.0) in 16 steps, in every
-    # block with more than one token. (At 32 px the mid block sees a 1×1 latent: attention
-    # over a single key ignores any bias, so its λ gets no gradient and stays.)
-    moved = (loss[["lambda_0", "lambda_1", "lambda_2"]].iloc[-1] - 1.0).abs()
-    assert moved["lambda_0"] > 1e-3 and moved["lambda_1"] > 1e-3 and moved["lambda_2"] == 0
+    # TAAM's λ is logged per block and moves from its start (1.0), in every block with more
+    # than one token: Adam's first step alone moves a parameter with a gradient by about
+    # its learning rate (1e-3), so λ = softplus(raw) by ~0.63e-3; later steps may bring it
+    # back. (At 32 px the mid block sees a 1×1 latent: attention over a single key ignores
+    # any bias, so its λ gets no gradient and stays.)
+    moved = (loss[["lambda_0", "lambda_1", "lambda_2"]] - 1.0).abs().max()
+    assert moved["lambda_0"] > 4e-4 and moved["lambda_1"] > 4e-4 and moved["lambda_2"] == 0
     a = _assert_same_weights(straight, tmp_path / "b")
     assert any(float(v.abs().max()) > 0 for k, v in a.items() if "controlnet_down_blocks" in k)
 
