@@ -74,7 +74,7 @@ def test_schema_and_library_defaults_agree():
             LlamaCaptioner, ("prompt", "n_ctx", "max_new_tokens", "temperature", "retries")),
         "bootstrap": (BootstrapSettings, (
             "vae_steps", "unet_steps", "batch_size", "checkpoint_every", "polyp_weight",
-            "seed")),
+            "latent_channels", "texture_weight", "seed")),
         "train": (TrainSettings, (
             "batch_size", "learning_rate", "gradient_accumulation", "checkpoint_every",
             "validate_every", "empty_prompt_probability", "mixed_precision",
@@ -93,7 +93,7 @@ def test_schema_and_library_defaults_agree():
             value = list(value) if isinstance(value, tuple) else value
             assert workflow == value, f"{section}.{key}: schema {workflow!r}, library {value!r}"
             checked += 1
-    assert checked == 40
+    assert checked == 42
 
 
 def test_left_out_options_take_the_library_defaults():

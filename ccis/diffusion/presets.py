@@ -68,12 +68,14 @@ def word_tokenizer(texts: Iterable[str], max_length: int = 77) -> PreTrainedToke
     )
 
 
-def tiny_unet(sample_size: int = 8, cross_attention_dim: int = 64) -> UNet2DConditionModel:
+def tiny_unet(
+    sample_size: int = 8, cross_attention_dim: int = 64, latent_channels: int = 4
+) -> UNet2DConditionModel:
     """A small text-conditioned UNet (channels 32/64/64) of SD's block types."""
     return UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         block_out_channels=(32, 64, 64),
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
@@ -84,8 +86,8 @@ def tiny_unet(sample_size: int = 8, cross_attention_dim: int = 64) -> UNet2DCond
     )
 
 
-def tiny_vae(sample_size: int = 64) -> AutoencoderKL:
-    """A small KL autoencoder with SD's 8× down-sampling and 4 latent channels."""
+def tiny_vae(sample_size: int = 64, latent_channels: int = 4) -> AutoencoderKL:
+    """A small KL autoencoder with SD's 8× down-sampling (SD: 4 latent channels)."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -93,7 +95,7 @@ def tiny_vae(sample_size: int = 64) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(16, 32, 32, 32),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=sample_size,
     )
@@ -116,15 +118,17 @@ def tiny_text_encoder(vocab_size: int, hidden_size: int = 64) -> CLIPTextModel:
     )
 
 
-def tiny_components(texts: Iterable[str], image_size: int = 64, seed: int = 0) -> dict:
+def tiny_components(
+    texts: Iterable[str], image_size: int = 64, seed: int = 0, latent_channels: int = 4
+) -> dict:
     """All base components of the tiny preset, randomly initialised with ``seed``."""
     torch.manual_seed(seed)
     tokenizer = word_tokenizer(texts)
     return {
-        "vae": tiny_vae(image_size),
+        "vae": tiny_vae(image_size, latent_channels),
         "text_encoder": tiny_text_encoder(len(tokenizer)),
         "tokenizer": tokenizer,
-        "unet": tiny_unet(image_size // 8),
+        "unet": tiny_unet(image_size // 8, latent_channels=latent_channels),
         "scheduler": sd_scheduler(),
     }
 

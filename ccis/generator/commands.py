@@ -21,6 +21,8 @@ BOOTSTRAP_OPTIONS = (
     ("vae_steps", int, ""), ("unet_steps", int, ""), ("batch_size", int, ""),
     ("resolution", int, ""), ("checkpoint_every", int, ""),
     ("polyp_weight", float, "extra loss weight inside polyp masks"), ("seed", int, ""),
+    ("latent_channels", int, "VAE latent channels"),
+    ("texture_weight", float, "weight of the VAE's texture-energy term (0: off)"),
 )  # fmt: skip
 TRAIN_OPTIONS = (
     ("batch_size", int, ""), ("learning_rate", float, ""), ("gradient_accumulation", int, ""),
