@@ -1,9 +1,9 @@
 """What the tiny base's VAE lets a generator reach: the demo's metrics on its reconstructions.
 
-Trains the bootstrap's VAE phase alone (the same initialisation, batches and loss as
-``ccis bootstrap``, ``ccis.generator.bootstrap.vae_loss``) on a finished demo run's
-training triplets, then scores the real frames at the model's resolution and the VAE's
-reconstructions of them with Table 1's attribute agreement (colour, texture) and mask
+Runs ``ccis bootstrap``'s code (``bootstrap_base``) with no UNet steps, so its VAE is
+trained exactly as the bootstrap trains it, on a finished demo run's training triplets;
+then scores the real frames at the model's resolution and the VAE's reconstructions of
+them with Table 1's attribute agreement (colour, texture) and the Dice behind its mask
 fidelity (the run's judge segmenter). A generator drawing through this VAE cannot beat
 the reconstruction row.
 
@@ -14,6 +14,7 @@ the reconstruction row.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,64 +34,53 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from ccis.caption.attributes import measure_attributes
-    from ccis.diffusion.presets import tiny_vae
-    from ccis.generator.bootstrap import BootstrapSettings, vae_loss
-    from ccis.generator.data import TripletData, batch_indices
-    from ccis.generator.train import step_generator
+    from diffusers import AutoencoderKL
+
+    from ccis.generator.bootstrap import BootstrapSettings, bootstrap_base
+    from ccis.generator.data import TripletData
+    from ccis.metrics.agreement import attribute_agreement
     from ccis.metrics.fidelity import dice, load_segment
 
     chosen = {"texture_weight": args.texture_weight, "latent_channels": args.latent_channels}
     settings = BootstrapSettings(
         vae_steps=args.steps,
+        unet_steps=0,
         resolution=args.resolution,
+        checkpoint_every=0,
         **{key: value for key, value in chosen.items() if value is not None},
     )
-    data = TripletData(args.results / "captions/train.parquet", settings.resolution)
-    torch.manual_seed(settings.seed)  # as tiny_components, which builds the VAE first
-    vae = tiny_vae(settings.resolution, settings.latent_channels)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_learning_rate)
+    triplets = args.results / "captions/train.parquet"
     began = time.perf_counter()
-    for step in range(settings.vae_steps):
-        indices = batch_indices(step, settings.batch_size, len(data), settings.seed)
-        images, masks, _ = data.batch(indices)
-        loss = vae_loss(vae, images, masks, step_generator(settings.seed, step), settings)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = bootstrap_base(triplets, Path(tmp) / "base", Path(tmp) / "work", settings)
+        vae = AutoencoderKL.from_pretrained(base / "vae").eval()
     seconds = time.perf_counter() - began
 
+    data = TripletData(triplets, settings.resolution)
     frames, masks = zip(*(data.pixels(i) for i in range(len(data))), strict=True)
+    masks = [mask * 255 for mask in masks]
     x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
-        recon = vae.eval().decode(vae.encode(x).latent_dist.mean).sample
+        recon = vae.decode(vae.encode(x).latent_dist.mean).sample
     recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     judge = load_segment(args.results / "segmentation" / args.judge / "model")
     prompts = data.frame["attributes"].tolist()
 
-    def scores(images) -> tuple[float, float, float]:
-        hits: dict[str, list[bool]] = {"colour": [], "texture": []}
-        for image, mask, prompt in zip(images, masks, prompts, strict=True):
-            measured = measure_attributes(image, mask * 255).to_dict()
-            for name, got in hits.items():
-                if prompt.get(name) not in (None, "none"):
-                    got.append(measured[name] == prompt[name])
-        fidelity = [dice(m * 255, p) for m, p in zip(masks, judge(list(images)), strict=True)]
-        return (
-            100 * np.mean(hits["colour"]),
-            100 * np.mean(hits["texture"]),
-            100 * np.mean(fidelity),
-        )
+    def scores(images) -> tuple[float, float, float, float]:
+        agreement, _ = attribute_agreement(zip(images, masks, prompts, strict=True))
+        rates = agreement.details["per_attribute"]
+        fidelity = [dice(m, p) for m, p in zip(masks, judge(list(images)), strict=True)]
+        return rates["colour"], rates["texture"], agreement.value, 100 * np.mean(fidelity)
 
     print(
-        f"VAE: {settings.vae_steps} steps in {seconds:.0f} s, latent channels "
-        f"{settings.latent_channels}, texture weight {settings.texture_weight:g}, "
-        f"{len(data)} frames at {settings.resolution} px, judge {args.judge}"
+        f"VAE: {settings.vae_steps} steps (bootstrap with no UNet steps: {seconds:.0f} s), "
+        f"latent channels {settings.latent_channels}, texture weight "
+        f"{settings.texture_weight:g}, {len(data)} frames at {settings.resolution} px, "
+        f"judge {args.judge}"
     )
     print(f"{'':<24}{'colour %':>9}{'texture %':>10}{'agreement %':>12}{'fidelity %':>11}")
     for name, images in (("real frames", frames), ("VAE reconstructions", recon)):
-        colour, texture, fidelity = scores(images)
-        agreement = (colour + texture) / 2
+        colour, texture, agreement, fidelity = scores(images)
         print(f"{name:<24}{colour:>9.1f}{texture:>10.1f}{agreement:>12.1f}{fidelity:>11.1f}")
 
 

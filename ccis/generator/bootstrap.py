@@ -127,7 +127,7 @@ def bootstrap_base(
             indices = batch_indices(step, settings.batch_size, len(data), settings.seed)
             images, masks, captions = data.batch(indices)
             if step < settings.vae_steps:
-                loss = vae_loss(vae, images, masks, g, settings)
+                loss = _vae_loss(vae, images, masks, g, settings)
                 vae_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 _check(loss, vae.parameters(), step + 1, work / "checkpoints")
@@ -193,7 +193,7 @@ def bootstrap_base(
     return out
 
 
-def vae_loss(
+def _vae_loss(
     vae,
     images: torch.Tensor,
     masks: torch.Tensor,
