@@ -178,25 +178,30 @@ def read_text_adherence(path: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
-def text_adherence_result(frame: pd.DataFrame) -> Result:
-    """The metric: rate of wins (%) with its bootstrap interval."""
-    if frame.empty:
-        return NotComputed("no mask with a polyp to recolour")
-    wins = frame["text_win"].astype(float).to_numpy()
-    low, high = rate_interval(wins)
+def _over_masks(values: np.ndarray, definition: str) -> Computed:
+    """A per-mask rate (%) with its bootstrap interval; chance is 50 % for both metrics."""
+    low, high = rate_interval(values)
     return Computed(
-        rate(wins),
+        rate(values),
         {
             "unit": "%",
             "ci95": [low, high],
             "interval": "95 % percentile bootstrap over masks",
-            "n": int(len(frame)),
+            "n": int(np.isfinite(values).sum()),
             "chance": 50.0,
-            "definition": (
-                "share of training masks whose polyp is paler (median G/R) when the prompt "
-                "says 'pale' than when it says 'red', same seed"
-            ),
+            "definition": definition,
         },
+    )
+
+
+def text_adherence_result(frame: pd.DataFrame) -> Result:
+    """The metric: rate of wins (%) with its bootstrap interval."""
+    if frame.empty:
+        return NotComputed("no mask with a polyp to recolour")
+    return _over_masks(
+        frame["text_win"].astype(float).to_numpy(),
+        "share of training masks whose polyp is paler (median G/R) when the prompt says "
+        "'pale' than when it says 'red', same seed",
     )
 
 
@@ -210,20 +215,9 @@ def colour_localisation_result(frame: pd.DataFrame) -> Result:
     shares = frame["localisation"].to_numpy(float)
     if not np.isfinite(shares).any():
         return NotComputed("no mask whose pale and red images differ on both sides")
-    low, high = rate_interval(shares)
-    return Computed(
-        rate(shares),
-        {
-            "unit": "%",
-            "ci95": [low, high],
-            "interval": "95 % percentile bootstrap over masks",
-            "n": int(np.isfinite(shares).sum()),
-            "chance": 50.0,
-            "definition": (
-                "mean over training masks of change inside / (inside + outside), the mean "
-                "absolute RGB change between the 'pale' and the 'red' image on each side of "
-                "the mask: 50 = the colour word changes the whole frame alike, 100 = only "
-                "the polyp"
-            ),
-        },
+    return _over_masks(
+        shares,
+        "mean over training masks of change inside / (inside + outside), the mean absolute "
+        "RGB change between the 'pale' and the 'red' image on each side of the mask: 50 = "
+        "the colour word changes the whole frame alike, 100 = only the polyp",
     )
