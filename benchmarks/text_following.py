@@ -4,8 +4,9 @@ The workflow's text-adherence metric (``ccis text-adherence``, Table 1) run on t
 ``--count`` training masks of a results folder, for several generators at once: for each
 mask, the caption's colour words become "pale" in one prompt and "red" in the other, both
 drawn with the same seed; it prints, per generator, the share of masks whose polyp is
-paler for "pale", with a 95 % bootstrap interval. With ``--sheet`` it also writes a
-contact sheet (mask | caption | one image per generator).
+paler for "pale", and its colour localisation (of the change between the two images, the
+share on the polyp; 50 % a frame-wide change), each with a 95 % bootstrap interval. With
+``--sheet`` it also writes a contact sheet (mask | caption | one image per generator).
 
     python benchmarks/text_following.py [--count 40] [--sheet docs/demo_samples.png]
 """
@@ -25,8 +26,8 @@ from ccis.diffusion.pipeline import CCISPipeline
 from ccis.diffusion.presets import load_sd15
 from ccis.generator.registry import load_branch
 from ccis.generator.synthesize import condition_mask
-from ccis.metrics.bootstrap import rate_interval
-from ccis.metrics.text_adherence import text_adherence_pairs
+from ccis.metrics.bootstrap import rate, rate_interval
+from ccis.metrics.text_adherence import localisation, text_adherence_pairs
 
 
 def main() -> None:
@@ -46,7 +47,10 @@ def main() -> None:
         captions.append(row.caption)
     base = load_sd15(args.results / "models" / "base")
     print(f"{len(masks)} training masks; prompts name 'pale' versus 'red'; same seed per mask")
-    print(f"{'generator':<16}{'pale paler than red':>22}{'95 % interval':>18}")
+    print(
+        f"{'generator':<16}{'pale paler than red':>22}{'95 % interval':>18}"
+        f"{'colour localisation':>22}{'95 % interval':>18}"
+    )
     samples = {}
     seeds = list(range(len(masks)))
     for generator in args.generators.split(","):
@@ -55,13 +59,17 @@ def main() -> None:
             print(f"{generator:<16}{'not trained':>22}")
             continue
         pipe = CCISPipeline(controlnet=load_branch(folder).eval(), **base)
-        pale, red = text_adherence_pairs(pipe, masks, captions, seeds)
+        pairs = text_adherence_pairs(pipe, masks, captions, seeds)
         if args.sheet:  # the captions' own images, for the contact sheet only
             with torch.no_grad():
                 samples[generator] = pipe(captions, masks, seed=seeds, progress=False)
-        wins = (pale > red).astype(float)
-        low, high = rate_interval(wins)
-        print(f"{generator:<16}{wins.mean():>21.0%}{f'[{low:.0f}, {high:.0f}] %':>18}")
+        wins = (pairs["chroma_pale"] > pairs["chroma_red"]).astype(float)
+        shares = localisation(pairs["change_polyp"], pairs["change_background"])
+        cells = []
+        for values in (wins, shares):
+            low, high = rate_interval(values)
+            cells.append(f"{rate(values):>21.0f}%{f'[{low:.0f}, {high:.0f}] %':>18}")
+        print(f"{generator:<16}{''.join(cells)}")
     if args.sheet:
         write_sheet(args.sheet, masks, captions, samples)
         print(f"wrote {args.sheet}")

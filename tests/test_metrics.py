@@ -251,7 +251,9 @@ def test_generation_metrics_json_and_table(tmp_path, tiny_clip):
     manifest, triplets = make_sets(tmp_path / "a", n=4)
     out = tmp_path / "metrics" / "ccis.json"
     per_image = tmp_path / "metrics" / "ccis.parquet"
-    text = _text_table(tmp_path / "ccis.text.parquet", [True, True, True, False])
+    text = _text_table(
+        tmp_path / "ccis.text.parquet", [True, True, True, False], local=[1.0, 1.0, 0.5, 0.5]
+    )
     report = generation_metrics(
         "ccis", manifest, triplets, out, clip_model=config, clip_pretrained=weights,
         segment=lambda b: [np.ones(i.shape[:2]) for i in b], fid_feature_extractor=TinyFeatures(),
@@ -268,8 +270,11 @@ def test_generation_metrics_json_and_table(tmp_path, tiny_clip):
     low, high = metrics["text_adherence"]["ci95"]
     assert 0 <= low <= 75.0 <= high <= 100
     assert metrics["attribute_agreement"]["ci95"][0] <= metrics["attribute_agreement"]["value"]
+    assert metrics["colour_localisation"]["value"] == pytest.approx(75.0)
+    assert metrics["colour_localisation"]["chance"] == 50.0
     rows = pd.read_parquet(per_image)
     assert len(rows) == 4 and rows["text_win"].tolist() == [True, True, True, False]
+    assert rows["localisation"].tolist() == [1.0, 1.0, 0.5, 0.5]
     assert written["per_image"] == "ccis.parquet"
 
     # Offline defaults through the CLI: no Inception file, no cached tag, no segmenter.
@@ -303,17 +308,84 @@ def test_generation_metrics_json_and_table(tmp_path, tiny_clip):
     # Paired over the 3 masks both have: ccis wins on 3, controlnet on none.
     assert "| ControlNet | Text adherence | +100.0 * | [+100.0, +100.0] | 3 |" in markdown
     assert "| ControlNet | Attribute agreement |" in markdown
+    # ControlNet's colour word acts on the whole frame (0.5), CCIS-Diff's on 2 of 3 polyps.
+    assert "| ControlNet | Colour localisation | +33.3 |" in markdown
+    assert "Colour localisation (%) ↑" in markdown
 
 
-def _text_table(path: Path, wins: list[bool]) -> Path:
-    """A ccis text-adherence table for the first len(wins) phantom masks of make_sets."""
+def _text_table(path: Path, wins: list[bool], local: list[float] | None = None) -> Path:
+    """A ccis text-adherence table for the first len(wins) phantom masks of make_sets;
+    ``local``: each mask's colour localisation (default 0.5, a frame-wide change)."""
+    local = local or [0.5] * len(wins)
     frame = pd.DataFrame({
         "real_id": [f"phantom-{i:02d}" for i in range(len(wins))],
         "chroma_pale": [0.6 if w else 0.4 for w in wins], "chroma_red": [0.5] * len(wins),
-        "text_win": wins,
+        "text_win": wins, "change_polyp": [0.2] * len(wins),
+        "change_background": [0.2 * (1 - x) / x for x in local], "localisation": local,
     })  # fmt: skip
     frame.to_parquet(path)
     return path
+
+
+class _Recolouring:
+    """A stand-in pipeline: grey frames whose polyp (``local``) or whole frame turns red
+    when the prompt says "red" — a colour word that acts where it should, or everywhere."""
+
+    def __init__(self, local: bool) -> None:
+        self.local = local
+
+    def __call__(self, prompts, masks, **kwargs):
+        images = []
+        for prompt, mask in zip(prompts, masks, strict=True):
+            image = np.full((*mask.shape, 3), 0.5)
+            where = mask > 0 if self.local else np.ones(mask.shape, bool)
+            if " red" in prompt:
+                image[where] = (0.8, 0.2, 0.2)
+            images.append(image)
+        return images
+
+
+def test_colour_localisation_tells_a_polyp_change_from_a_frame_wide_one():
+    from ccis.metrics.text_adherence import (
+        colour_localisation_result,
+        localisation,
+        text_adherence_pairs,
+    )
+
+    masks = [np.zeros((16, 16), np.uint8) for _ in range(5)]
+    for k, mask in enumerate(masks):
+        mask[2 + k : 8 + k, 3:9] = 255
+    captions = ["The polyp is reddish and round."] * 5
+    scores = {}
+    for local in (True, False):
+        pairs = text_adherence_pairs(_Recolouring(local), masks, captions, list(range(5)))
+        assert (pairs["chroma_pale"] > pairs["chroma_red"]).all()  # text adherence alike
+        frame = pd.DataFrame(pairs)
+        frame["localisation"] = localisation(pairs["change_polyp"], pairs["change_background"])
+        scores[local] = colour_localisation_result(frame).value
+    assert scores == {True: pytest.approx(100.0), False: pytest.approx(50.0)}
+    assert np.isnan(localisation(np.array([0.0]), np.array([0.0]))).all()  # nothing changed
+
+
+def test_tables_written_before_colour_localisation_still_read(tmp_path):
+    """An older text-adherence table or metrics file: the metric says why it is missing."""
+    from ccis.metrics.text_adherence import colour_localisation_result
+
+    old = pd.read_parquet(_text_table(tmp_path / "old.parquet", [True, False]))
+    result = colour_localisation_result(old.drop(columns=["localisation"]))
+    assert isinstance(result, NotComputed) and "re-run text_adherence" in result.reason
+    manifest, triplets = make_sets(tmp_path / "a", n=2)
+    out = tmp_path / "ccis.json"
+    generation_metrics(
+        "ccis", manifest, triplets, out, segment=lambda b: [np.ones(i.shape[:2]) for i in b],
+        fid_feature_extractor=TinyFeatures(), clip_pretrained=tmp_path / "none.pt",
+        device="cpu", text_adherence=_text_table(tmp_path / "t.parquet", [True, True]),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    del report["metrics"]["colour_localisation"]
+    out.write_text(json.dumps(report))
+    _, md = table1([out], tmp_path / "t1.csv", tmp_path / "t1.md")
+    assert "predates colour localisation" in md.read_text()
 
 
 def test_bootstrap_intervals_and_paired_differences():

@@ -78,6 +78,8 @@ def test_micro_dag_prepares_every_split_then_does_nothing(micro_workdir):
     assert len(rows) == 6 and rows["real_id"].is_unique
     assert np.isfinite(rows[["chroma_pale", "chroma_red"]].to_numpy()).all()
     assert (rows["text_win"] == (rows["chroma_pale"] > rows["chroma_red"])).all()
+    assert rows["localisation"].between(0, 1).all()  # every pair differs somewhere
+    assert metrics["colour_localisation"]["n"] == 6
     table1 = (results / "report" / "table1_generation.md").read_text()
     assert "not computed" in table1 and "Differences from CCIS-Diff" in table1
     lambdas = (results / "report" / "taam_lambda.md").read_text()

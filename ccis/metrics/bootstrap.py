@@ -1,7 +1,8 @@
 """95 % bootstrap intervals of per-image rates, alone and as paired differences.
 
 A rate here is the mean over a few columns (attributes, or one column of wins) of each
-column's share of hits among the images that state it (NaN: not stated). The bootstrap
+column's share of hits among the images that state it (NaN: not stated); a column of
+shares in [0, 1] instead of hits gives its mean, in percent, the same way. The bootstrap
 resamples images with replacement; a paired difference resamples the *same* images (the
 same training masks) for both generators, so mask-to-mask variation cancels out.
 Percentile intervals, a seeded generator: equal inputs give equal intervals.

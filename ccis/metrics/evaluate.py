@@ -5,7 +5,8 @@ JSON layout (keys sorted, no timestamps, so equal inputs give equal bytes)::
     {"generator": "ccis", "synthetic": PATH, "real": PATH, "n_synthetic": N, "n_real": M,
      "per_image": FILE or null,
      "metrics": {"fid": {...}, "clip_score": {...}, "clip_image": {...},
-                 "text_adherence": {...}, "attribute_agreement": {...},
+                 "text_adherence": {...}, "colour_localisation": {...},
+                 "attribute_agreement": {...},
                  "mask_fidelity": {...}}}
 
 where each metric is ``{"status": "computed", "value": x, ...details}`` or
@@ -30,12 +31,17 @@ from ccis.common.shards import write_table
 from ccis.metrics.agreement import SCORED_ATTRIBUTES, attribute_agreement
 from ccis.metrics.base import NotComputed, Result, read_mask, read_pairs
 from ccis.metrics.fidelity import Segment, load_segment, mask_fidelity
-from ccis.metrics.text_adherence import read_text_adherence, text_adherence_result
+from ccis.metrics.text_adherence import (
+    colour_localisation_result,
+    read_text_adherence,
+    text_adherence_result,
+)
 
 log = logging.getLogger(__name__)
 
 METRICS = (
-    "fid", "clip_score", "clip_image", "text_adherence", "attribute_agreement", "mask_fidelity",
+    "fid", "clip_score", "clip_image", "text_adherence", "colour_localisation",
+    "attribute_agreement", "mask_fidelity",
 )  # fmt: skip
 # Why an external set (another tool's image–mask folder) has no value for these: they
 # score an image against the prompt it was drawn for or the real pair it was drawn from,
@@ -46,6 +52,7 @@ EXTERNAL_REASONS = {
     "would score the image against its own description)",
     "clip_image": "an imported set has no real source image per synthetic image",
     "text_adherence": "an imported set has no generator to prompt",
+    "colour_localisation": "an imported set has no generator to prompt",
     "attribute_agreement": "an imported set has no prompts to agree with",
 }
 
@@ -120,11 +127,16 @@ def generation_metrics(
 
         if text_adherence is None:
             results["text_adherence"] = NotComputed("no text-adherence table given")
+            results["colour_localisation"] = results["text_adherence"]
         else:
             table = read_text_adherence(text_adherence)
             results["text_adherence"] = text_adherence_result(table)
-            wins = dict(zip(table["real_id"].astype(str), table["text_win"], strict=True))
-            rows["text_win"] = [wins.get(str(r)) for r in rows["real_id"]]
+            results["colour_localisation"] = colour_localisation_result(table)
+            by_mask = table.set_index(table["real_id"].astype(str))
+            real_ids = rows["real_id"].astype(str)
+            rows["text_win"] = [by_mask["text_win"].get(r) for r in real_ids]
+            if "localisation" in by_mask:
+                rows["localisation"] = [by_mask["localisation"].get(r) for r in real_ids]
 
     def samples():
         for image_path, mask_path, prompt in zip(

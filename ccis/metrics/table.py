@@ -1,16 +1,17 @@
 """Table 1 of the paper, from our generation-metric JSON files (CSV + Markdown).
 
 Rows are the generators present, in the paper's order followed by the ablations;
-columns FID, CLIP-score, CLIP-image and our three automated user-study columns (text
-adherence and attribute agreement with their 95 % bootstrap intervals, mask fidelity).
+columns FID, CLIP-score, CLIP-image and our automated user-study columns (text adherence,
+colour localisation and attribute agreement with their 95 % bootstrap intervals, mask
+fidelity).
 A metric that was not computed shows as such, with its reason in a numbered note under
 the Markdown table and in the CSV's ``<metric>_note`` column. With ``paper=True`` the
 paper's published Table 1 values stand beside ours.
 
 Under the table: what each ablation removes, and every generator's difference from
-CCIS-Diff in text adherence and attribute agreement with a paired bootstrap interval
-over the same training masks (from the per-image tables the JSON files name), marked
-where the interval excludes zero.
+CCIS-Diff in text adherence, colour localisation and attribute agreement with a paired
+bootstrap interval over the same training masks (from the per-image tables the JSON files
+name), marked where the interval excludes zero.
 """
 
 from __future__ import annotations
@@ -41,14 +42,20 @@ COLUMNS = (
     ("clip_score", "CLIP-score ↑", 2),
     ("clip_image", "CLIP-image ↑", 2),
     ("text_adherence", "Text adherence (%) ↑", 1),
+    ("colour_localisation", "Colour localisation (%) ↑", 1),
     ("attribute_agreement", "Attribute agreement (%) ↑", 1),
     ("mask_fidelity", "Mask fidelity (Dice %) ↑", 1),
 )
 # Metrics whose per-image values give paired differences from CCIS-Diff.
-PAIRED = ("text_adherence", "attribute_agreement")
+PAIRED = ("text_adherence", "colour_localisation", "attribute_agreement")
+# Metrics a file written by an earlier ccis may lack: read as not computed, with why.
+ADDED_LATER = {
+    "colour_localisation": "the metrics file predates colour localisation: re-run "
+    "text_adherence and metrics_generation",
+}
 REFERENCE = "ccis"
 # The paper's Table 1 (FID, CLIP-score, CLIP-image), from the generator registry: the
-# paper reports neither the ablations nor our three automated columns.
+# paper reports neither the ablations nor our automated columns.
 PAPER_TABLE1 = {name: spec.paper_table1 for name, spec in REGISTRY.items() if spec.paper_table1}
 PAPER_METRICS = ("fid", "clip_score", "clip_image")
 
@@ -69,6 +76,8 @@ def read_metrics(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not a generation-metrics file (no metrics)")
     for key, _, _ in COLUMNS:
         entry = metrics.get(key)
+        if entry is None and key in ADDED_LATER:
+            metrics[key] = entry = {"status": NOT_COMPUTED, "reason": ADDED_LATER[key]}
         if not isinstance(entry, dict) or entry.get("status") not in (COMPUTED, NOT_COMPUTED):
             raise ValueError(f"{path}: metric {key} is missing or has no valid status")
         if entry["status"] == COMPUTED and not isinstance(entry.get("value"), int | float):
@@ -110,6 +119,8 @@ def per_image_values(report: dict, source: Path, metric: str) -> pd.Series | Non
     frame = pd.read_parquet(path)
     if metric == "text_adherence":  # one column of wins; NaN where the mask had no polyp
         matrix = frame["text_win"].map({True: 1.0, False: 0.0}).to_numpy(float)[:, None]
+    elif metric == "colour_localisation":  # one column of shares in [0, 1]
+        matrix = frame["localisation"].to_numpy(float)[:, None]
     else:
         matrix = match_matrix(frame.to_dict("records"), entry.get("scored_attributes", []))
     return pd.Series(list(matrix), index=frame["real_id"].astype(str))
@@ -222,6 +233,9 @@ def table1(
         "100·max(cos(image, caption), 0); CLIP-image: 100·cos(synthetic, its real source). "
         "Text adherence: share of training masks whose polyp is paler for a 'pale' prompt "
         "than for a 'red' one (same seed; chance 50 %). "
+        "Colour localisation: of the change between those two images, the share on the "
+        "polyp, per pixel on each side of the mask (50 %: the colour word changes the whole "
+        "frame alike; 100 %: only the polyp). "
         "Attribute agreement: share of re-measured polyp attributes equal to the caption's. "
         "Mask fidelity: Dice of a real-data segmenter's prediction with the conditioning mask. "
         "[a, b]: 95 % bootstrap interval over images.",
@@ -243,7 +257,7 @@ def table1(
         lines += [
             "",
             "(paper): Table 1 of the CCIS-Diff paper (arXiv 2411.12198), as published; it "
-            "has no ablation rows and none of our three automated columns.",
+            "has no ablation rows and none of our automated columns.",
         ]
     if notes:
         lines += ["", "Not computed:", ""]

@@ -7,6 +7,13 @@ tissue reflects more green; the captioner's colour measurement reads the same ra
 mask is a *win* when the "pale" polyp is paler. The rate of wins over every training mask
 is the metric, with a 95 % bootstrap interval; 50 % is what a generator that ignores the
 colour word gets by chance.
+
+The same pairs give *colour localisation*: does the colour word change the polyp more
+than the rest of the frame? Per mask, the mean absolute RGB change between the "pale" and
+the "red" image inside the mask (``change_polyp``) and outside it (``change_background``);
+the mask's score is ``change_polyp / (change_polyp + change_background)``. The metric is
+its mean over masks (%), with a 95 % bootstrap interval: 50 % is a colour word that acts
+on the whole frame alike, 100 % one that changes only the polyp.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from ccis.metrics.bootstrap import rate, rate_interval
 log = logging.getLogger(__name__)
 
 COLUMNS = ("real_id", "chroma_pale", "chroma_red", "text_win")
+# Written since colour localisation was measured; a table without them is re-run.
+LOCALISATION_COLUMNS = ("change_polyp", "change_background", "localisation")
 _COLOUR = re.compile(
     r"\b("
     + "|".join(sorted((w for ws in COLOUR_WORDS.values() for w in ws), key=len, reverse=True))
@@ -51,6 +60,25 @@ def polyp_chroma(image: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(region[:, 1]) / max(float(np.median(region[:, 0])), 1e-3))
 
 
+def colour_change(pale: np.ndarray, red: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Mean absolute RGB change between two images of one mask, inside and outside it
+    (NaN where a side has no pixels)."""
+    change = np.abs(np.asarray(pale, dtype=float) - np.asarray(red, dtype=float)).mean(axis=-1)
+    inside, outside = change[mask > 0], change[mask <= 0]
+    return (
+        float(inside.mean()) if inside.size else float("nan"),
+        float(outside.mean()) if outside.size else float("nan"),
+    )
+
+
+def localisation(change_polyp: np.ndarray, change_background: np.ndarray) -> np.ndarray:
+    """Share of the colour word's change that falls on the polyp, per pixel on each side:
+    0.5 alike everywhere, 1 only the polyp; NaN where nothing changed or a side is empty."""
+    total = np.asarray(change_polyp, float) + np.asarray(change_background, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, np.asarray(change_polyp, float) / total, np.nan)
+
+
 def text_adherence_pairs(
     pipe,
     masks: list[np.ndarray],
@@ -60,9 +88,11 @@ def text_adherence_pairs(
     steps: int = 20,
     guidance_scale: float = 7.0,
     batch_size: int = 16,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Polyp chroma of the "pale" and the "red" image of every mask (same seed each)."""
-    pale, red = np.full(len(masks), np.nan), np.full(len(masks), np.nan)
+) -> dict[str, np.ndarray]:
+    """Per mask (same seed for its two prompts): the polyp chroma of the "pale" and the
+    "red" image, and how much the pair differs inside and outside the mask."""
+    keys = ("chroma_pale", "chroma_red", "change_polyp", "change_background")
+    out = {key: np.full(len(masks), np.nan) for key in keys}
     for start in tqdm(range(0, len(masks), batch_size), desc="text adherence", unit="batch"):
         chunk = range(start, min(start + batch_size, len(masks)))
         prompts = [recolour(captions[i], "pale") for i in chunk]
@@ -76,9 +106,12 @@ def text_adherence_pairs(
             )  # fmt: skip
         half = len(chunk)
         for k, i in enumerate(chunk):
-            pale[i] = polyp_chroma(images[k], masks[i])
-            red[i] = polyp_chroma(images[half + k], masks[i])
-    return pale, red
+            out["chroma_pale"][i] = polyp_chroma(images[k], masks[i])
+            out["chroma_red"][i] = polyp_chroma(images[half + k], masks[i])
+            out["change_polyp"][i], out["change_background"][i] = colour_change(
+                images[k], images[half + k], masks[i]
+            )
+    return out
 
 
 def text_adherence(
@@ -119,16 +152,17 @@ def text_adherence(
     if not ids:
         raise ValueError(f"{triplets}: no mask with a polyp, nothing to recolour")
     pipe = load_pipeline(base, branch)
-    pale, red = text_adherence_pairs(
+    pairs = text_adherence_pairs(
         pipe, masks, captions, seeds, steps=steps, guidance_scale=guidance_scale,
         batch_size=batch_size,
     )  # fmt: skip
-    rows = pd.DataFrame(
-        {"real_id": ids, "chroma_pale": pale, "chroma_red": red, "text_win": pale > red}
-    )
+    rows = pd.DataFrame({"real_id": ids, **pairs})
+    rows["text_win"] = rows["chroma_pale"] > rows["chroma_red"]
+    rows["localisation"] = localisation(rows["change_polyp"], rows["change_background"])
     write_table(rows, out)
-    log.info("wrote %s: pale paler than red on %.1f%% of %d masks", out,
-             100 * rows["text_win"].mean(), len(rows))  # fmt: skip
+    log.info("wrote %s: pale paler than red on %.1f%% of %d masks; colour localisation "
+             "%.1f%%", out, 100 * rows["text_win"].mean(), len(rows),
+             100 * rows["localisation"].mean())  # fmt: skip
     return rows
 
 
@@ -144,23 +178,46 @@ def read_text_adherence(path: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
-def text_adherence_result(frame: pd.DataFrame) -> Result:
-    """The metric: rate of wins (%) with its bootstrap interval."""
-    if frame.empty:
-        return NotComputed("no mask with a polyp to recolour")
-    wins = frame["text_win"].astype(float).to_numpy()
-    low, high = rate_interval(wins)
+def _over_masks(values: np.ndarray, definition: str) -> Computed:
+    """A per-mask rate (%) with its bootstrap interval; chance is 50 % for both metrics."""
+    low, high = rate_interval(values)
     return Computed(
-        rate(wins),
+        rate(values),
         {
             "unit": "%",
             "ci95": [low, high],
             "interval": "95 % percentile bootstrap over masks",
-            "n": int(len(frame)),
+            "n": int(np.isfinite(values).sum()),
             "chance": 50.0,
-            "definition": (
-                "share of training masks whose polyp is paler (median G/R) when the prompt "
-                "says 'pale' than when it says 'red', same seed"
-            ),
+            "definition": definition,
         },
+    )
+
+
+def text_adherence_result(frame: pd.DataFrame) -> Result:
+    """The metric: rate of wins (%) with its bootstrap interval."""
+    if frame.empty:
+        return NotComputed("no mask with a polyp to recolour")
+    return _over_masks(
+        frame["text_win"].astype(float).to_numpy(),
+        "share of training masks whose polyp is paler (median G/R) when the prompt says "
+        "'pale' than when it says 'red', same seed",
+    )
+
+
+def colour_localisation_result(frame: pd.DataFrame) -> Result:
+    """The metric: mean share (%) of the colour word's change that falls on the polyp,
+    with its bootstrap interval."""
+    if not set(LOCALISATION_COLUMNS) <= set(frame.columns):
+        return NotComputed(
+            "the text-adherence table predates colour localisation: re-run text_adherence"
+        )
+    shares = frame["localisation"].to_numpy(float)
+    if not np.isfinite(shares).any():
+        return NotComputed("no mask whose pale and red images differ on both sides")
+    return _over_masks(
+        shares,
+        "mean over training masks of change inside / (inside + outside), the mean absolute "
+        "RGB change between the 'pale' and the 'red' image on each side of the mask: 50 = "
+        "the colour word changes the whole frame alike, 100 = only the polyp",
     )
