@@ -239,6 +239,21 @@ def test_report_is_one_self_contained_page(tmp_path, capsys):
         assert f"<tr><th>{name}</th>" in page
 
 
+def test_table_notes_keep_their_lists_and_paragraphs():
+    """Table 1's notes hold Markdown lists (ablations, not-computed reasons): on the page
+    they are lists, not lines that start with a dash."""
+    from ccis.report.html import notes_html
+
+    notes = ["Each ablation removes one thing:", "- w/o TAAM: the <bias>", "- w/o BMWS: x",
+             "Not computed:", "- [1] no weights"]  # fmt: skip
+    assert notes_html(notes) == (
+        "<p>Each ablation removes one thing:</p>"
+        "<ul><li>w/o TAAM: the &lt;bias&gt;</li><li>w/o BMWS: x</li></ul>"
+        "<p>Not computed:</p><ul><li>[1] no weights</li></ul>"
+    )
+    assert notes_html(["one line"]) == "<p>one line</p>"
+
+
 def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",

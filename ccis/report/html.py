@@ -56,7 +56,8 @@ table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
 th, td { border: 1px solid #bbb; padding: .3em .6em; text-align: right; }
 th { background: #eee; } td:first-child, th:first-child { text-align: left; }
 td.missing { color: #888; font-style: italic; background: #f7f7f7; }
-.notes { font-size: .88em; color: #444; margin: .2em 0 1.2em; white-space: pre-wrap; }
+.notes { font-size: .88em; color: #444; margin: .2em 0 1.2em; }
+.notes p { margin: .3em 0; } .notes ul { margin: .2em 0 .4em; padding-left: 1.4em; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: .9em; color: #333; margin-top: .3em; }
 .absent { color: #a33; font-style: italic; }
@@ -166,13 +167,30 @@ def _cell(text: str, tag: str = "td") -> str:
     return f"<{tag}{css}>{html.escape(shown)}</{tag}>"
 
 
+def notes_html(lines: Sequence[str]) -> str:
+    """Notes under a table (escaped): Markdown list items (``- ``) as one list per run of
+    them, every other line as a paragraph."""
+    parts: list[str] = []
+    items: list[str] = []
+    for line in [*lines, ""]:  # the sentinel closes a list that ends the notes
+        if line.startswith("- "):
+            items.append(f"<li>{html.escape(line[2:])}</li>")
+            continue
+        if items:
+            parts.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        if line:
+            parts.append(f"<p>{html.escape(line)}</p>")
+    return "".join(parts)
+
+
 def table_html(table: Table) -> str:
     """An HTML ``<table>`` (escaped) followed by its notes."""
     head = "".join(_cell(h, "th") for h in table.header)
     body = "\n".join("<tr>" + "".join(_cell(str(c)) for c in row) + "</tr>" for row in table.rows)
     out = f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
     if table.notes:
-        out += '\n<div class="notes">' + html.escape("\n".join(table.notes)) + "</div>"
+        out += '\n<div class="notes">' + notes_html(table.notes) + "</div>"
     return out + "".join("\n" + table_html(more) for more in table.after)
 
 
