@@ -27,7 +27,7 @@ from ccis.diffusion.presets import load_sd15
 from ccis.generator.registry import load_branch
 from ccis.generator.synthesize import condition_mask
 from ccis.metrics.bootstrap import rate, rate_interval
-from ccis.metrics.text_adherence import localisation, text_adherence_pairs
+from ccis.metrics.text_adherence import text_adherence_pairs
 
 
 def main() -> None:
@@ -63,10 +63,8 @@ def main() -> None:
         if args.sheet:  # the captions' own images, for the contact sheet only
             with torch.no_grad():
                 samples[generator] = pipe(captions, masks, seed=seeds, progress=False)
-        wins = (pairs["chroma_pale"] > pairs["chroma_red"]).astype(float)
-        shares = localisation(pairs["change_polyp"], pairs["change_background"])
         cells = []
-        for values in (wins, shares):
+        for values in (pairs["text_win"].astype(float), pairs["localisation"]):
             low, high = rate_interval(values)
             cells.append(f"{rate(values):>21.0f}%{f'[{low:.0f}, {high:.0f}] %':>18}")
         print(f"{generator:<16}{''.join(cells)}")

@@ -90,7 +90,8 @@ def text_adherence_pairs(
     batch_size: int = 16,
 ) -> dict[str, np.ndarray]:
     """Per mask (same seed for its two prompts): the polyp chroma of the "pale" and the
-    "red" image, and how much the pair differs inside and outside the mask."""
+    "red" image and whether "pale" won (``text_win``), how much the pair differs inside
+    and outside the mask and the share of that on the polyp (``localisation``)."""
     keys = ("chroma_pale", "chroma_red", "change_polyp", "change_background")
     out = {key: np.full(len(masks), np.nan) for key in keys}
     for start in tqdm(range(0, len(masks), batch_size), desc="text adherence", unit="batch"):
@@ -111,6 +112,8 @@ def text_adherence_pairs(
             out["change_polyp"][i], out["change_background"][i] = colour_change(
                 images[k], images[half + k], masks[i]
             )
+    out["text_win"] = out["chroma_pale"] > out["chroma_red"]
+    out["localisation"] = localisation(out["change_polyp"], out["change_background"])
     return out
 
 
@@ -157,8 +160,6 @@ def text_adherence(
         batch_size=batch_size,
     )  # fmt: skip
     rows = pd.DataFrame({"real_id": ids, **pairs})
-    rows["text_win"] = rows["chroma_pale"] > rows["chroma_red"]
-    rows["localisation"] = localisation(rows["change_polyp"], rows["change_background"])
     write_table(rows, out)
     log.info("wrote %s: pale paler than red on %.1f%% of %d masks; colour localisation "
              "%.1f%%", out, 100 * rows["text_win"].mean(), len(rows),
